@@ -1,0 +1,39 @@
+"""Finetune: one independent copy of the pretrained network per task, every weight trained.
+
+Each task stores its whole network in fp32 (the reference point for memory).
+"""
+from __future__ import annotations
+
+from nws_avalanche.artifact import load_state_artifact, save_state_artifact
+from nws_avalanche.methods import METHODS
+from nws_avalanche.models import build_arch, set_head
+from nws_avalanche.template import TaskIncrementalStrategy, fresh_head
+
+
+@METHODS.register("finetune")
+class Finetune(TaskIncrementalStrategy):
+    name = "finetune"
+
+    def __init__(self, *, cfg, assets, task_classes, progress=None):
+        model = assets.pretrained_model()
+        set_head(model, fresh_head(model.feature_dim, task_classes[0], cfg.seed))
+        super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, progress=progress)
+
+    def prepare_task(self, t, num_classes):
+        if t == 0:
+            return
+        state = {k: v for k, v in self.assets.pretrained_state.items() if not k.startswith("fc.")}
+        self.model.load_state_dict(state, strict=False)
+        set_head(self.model, fresh_head(self.model.feature_dim, num_classes, self.cfg.seed + t))
+
+    def export_task(self, t, directory):
+        path = self.task_file(directory, t, "dense")
+        save_state_artifact(path, self.model.state_dict(), kind="finetune-task", task=t,
+                            header={"arch": self.cfg.arch, "num_classes": self.task_classes[t]})
+        return [path]
+
+    def rebuild_task(self, t, directory):
+        header, state, _ = load_state_artifact(self.task_file(directory, t, "dense"), "finetune-task")
+        model = build_arch(header["arch"], header["num_classes"], self.assets.in_channels)
+        model.load_state_dict(state)
+        return model.eval()

@@ -1,0 +1,109 @@
+"""Per-task NWS artifact: what a task really stores, and the rebuild from it.
+
+One file per task: for every NWS layer the chosen pool indices, coded losslessly (the codec is
+named in the header; ``bitpack`` = ``ceil(log2 K)`` bits each), plus every other entry of the
+task's state_dict (BatchNorm parameters and statistics, biases, non-NWS layers). The header
+holds the format version, the architecture, the pool fingerprint and digest; the container
+adds a checksum. Pools are not in it: they are the run's shared "assist" file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .codecs import get_codec
+from .container import pack_state, read_container, unpack_state, write_container
+from .errors import ArtifactError
+from .layers import nws_layers
+
+TASK_FORMAT = 1
+
+
+def _nws_owned_keys(model: nn.Module) -> set[str]:
+    keys = set()
+    for name, _ in nws_layers(model):
+        for leaf in ("weight", "pool", "indices"):
+            keys.add(f"{name}.{leaf}")
+    return keys
+
+
+def save_nws_task(path, model: nn.Module, *, task: int, arch: str, num_classes: int,
+                  pool_fingerprint: str, pool_digest: str, codec: str = "bitpack",
+                  extra: dict | None = None) -> Path:
+    coder = get_codec(codec)
+    blobs, layers = {}, []
+    for name, m in nws_layers(model):
+        idx = m.indices.detach().cpu().numpy()
+        blobs[f"idx/{name}"] = coder.encode(idx, m.pool_size)
+        layers.append({"name": name, "n": int(idx.size), "K": m.pool_size})
+    owned = _nws_owned_keys(model)
+    rest = {k: v for k, v in model.state_dict().items() if k not in owned}
+    metas, sblobs = pack_state(rest, prefix="state/")
+    blobs.update(sblobs)
+    header = {"kind": "nws-task", "format": TASK_FORMAT, "task": task, "arch": arch,
+              "num_classes": num_classes, "pool_fingerprint": pool_fingerprint,
+              "pool_digest": pool_digest, "codec": codec, "layers": layers, "state": metas,
+              **(extra or {})}
+    return write_container(path, header, blobs)
+
+
+def read_nws_task(path) -> tuple[dict, dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    header, blobs = read_container(path)
+    if header.get("kind") != "nws-task":
+        raise ArtifactError(f"{path}: not an NWS task artifact (kind={header.get('kind')!r})")
+    if header.get("format") != TASK_FORMAT:
+        raise ArtifactError(f"{path}: task format {header.get('format')} unsupported (expected {TASK_FORMAT})")
+    coder = get_codec(header["codec"])
+    indices = {}
+    for layer in header["layers"]:
+        try:
+            indices[layer["name"]] = coder.decode(blobs[f"idx/{layer['name']}"], layer["n"], layer["K"])
+        except ValueError as e:
+            raise ArtifactError(f"{path}: indices of layer {layer['name']!r} do not decode: {e}") from None
+    return header, indices, unpack_state(header["state"], blobs, "state/")
+
+
+def load_nws_task(path, build: Callable[[int], nn.Module], pool_fingerprint: str, pool_digest: str) -> nn.Module:
+    """Rebuild a task's model. ``build(num_classes)`` returns the NWS skeleton with the run's pools."""
+    header, indices, state = read_nws_task(path)
+    if header["pool_fingerprint"] != pool_fingerprint or header["pool_digest"] != pool_digest:
+        raise ArtifactError(f"{path}: written against other pools (fingerprint "
+                            f"{header['pool_fingerprint']}, digest {header['pool_digest'][:12]}) than "
+                            f"the run's pool file ({pool_fingerprint}, {pool_digest[:12]})")
+    model = build(header["num_classes"])
+    layers = dict(nws_layers(model))
+    if set(layers) != set(indices):
+        raise ArtifactError(f"{path}: layers {sorted(set(layers) ^ set(indices))} differ from the model")
+    for name, idx in indices.items():
+        m = layers[name]
+        if idx.size != m.num_vectors or (idx.size and int(idx.max()) >= m.pool_size):
+            raise ArtifactError(f"{path}: layer {name!r} has {idx.size} indices, model needs {m.num_vectors}")
+        m.indices.copy_(torch.from_numpy(idx))
+        m.load_rebuilt_into_weight()
+    missing = set(model.state_dict()) - _nws_owned_keys(model) - set(state)
+    if missing:
+        raise ArtifactError(f"{path}: missing state entries {sorted(missing)[:5]}")
+    model.load_state_dict(state, strict=False)
+    return model.eval()
+
+
+# -- dense artifacts: a whole state_dict (Finetune, and baselines' float parts) ---------------
+def save_state_artifact(path, state: dict[str, torch.Tensor], *, kind: str, task: int,
+                        header: dict | None = None, extra_blobs: dict[str, bytes] | None = None) -> Path:
+    metas, blobs = pack_state(state, prefix="state/")
+    blobs.update(extra_blobs or {})
+    return write_container(path, {"kind": kind, "format": TASK_FORMAT, "task": task, "state": metas,
+                                  **(header or {})}, blobs)
+
+
+def load_state_artifact(path, kind: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, bytes]]:
+    header, blobs = read_container(path)
+    if header.get("kind") != kind:
+        raise ArtifactError(f"{path}: expected a {kind!r} artifact, found {header.get('kind')!r}")
+    if header.get("format") != TASK_FORMAT:
+        raise ArtifactError(f"{path}: format {header.get('format')} unsupported (expected {TASK_FORMAT})")
+    return header, unpack_state(header["state"], blobs, "state/"), blobs

@@ -1,0 +1,121 @@
+"""The assets a run starts from: the pretrained network and the kernel pools.
+
+The pretrained network is a torchvision-format state_dict given by ``pretrained``, or trained on
+the benchmark's pretrain split when it has one (split-digits), or random (``pretrained: random``,
+for smoke tests). Pools come from ``pool_file`` (validated against the architecture) or are built
+by k-means from the pretrained network. Both are cached under ``<out>/<benchmark>/_assist/`` so
+every method and rerun of a benchmark starts from the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from .atomic import atomic_write
+from .errors import ConfigError
+from .models import build_arch
+from .pools import PoolSet, build_pools_kmeans
+
+
+@dataclass
+class Assets:
+    arch: str
+    in_channels: int
+    pretrained_state: dict[str, torch.Tensor]
+    pretrained_classes: int
+    pools: PoolSet | None
+    pool_path: Path | None
+
+    def pretrained_model(self) -> nn.Module:
+        m = build_arch(self.arch, self.pretrained_classes, self.in_channels)
+        m.load_state_dict(self.pretrained_state)
+        return m
+
+
+def _key(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load_torchvision_state(path: str, model: nn.Module) -> tuple[dict, int]:
+    """Load a state_dict (torchvision naming) into ``model``'s architecture; returns (state, classes)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"pretrained checkpoint {p} not found; give a torchvision-format state_dict file")
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state.pop("fc.bias", None)  # the paper's head has no bias
+    own = model.state_dict()
+    bad = [k for k in own if k != "fc.weight" and (k not in state or state[k].shape != own[k].shape)]
+    if bad:
+        raise ConfigError(f"{p} does not fit the architecture: first mismatching entry {bad[0]!r}")
+    classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1
+    return state, classes
+
+
+def pretrain_network(cfg, bench) -> tuple[dict, int]:
+    torch.manual_seed(cfg.seed)
+    model = build_arch(cfg.arch, bench.pretrain_classes, bench.in_channels)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.pretrain_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.pretrain_epochs)
+    loader = DataLoader(bench.pretrain, batch_size=64, shuffle=True)
+    model.train()
+    for _ in range(cfg.pretrain_epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        sched.step()
+    return model.state_dict(), bench.pretrain_classes
+
+
+def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool) -> Assets:
+    cache_root = Path(cache_root)
+    if cfg.pretrained and cfg.pretrained != "random":
+        state, classes = load_torchvision_state(cfg.pretrained, build_arch(cfg.arch, 1, bench.in_channels))
+        pre_key = {"file": str(Path(cfg.pretrained).resolve()), "size": Path(cfg.pretrained).stat().st_size}
+    else:
+        pre_key = {"arch": cfg.arch, "seed": cfg.seed, "in": bench.in_channels,
+                   "mode": cfg.pretrained or "pretrain", "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr}
+        path = cache_root / f"pretrained-{_key({**pre_key, 'bench': bench.name})}.pt"
+        if path.is_file():
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            state, classes = blob["state"], int(blob["classes"])
+        else:
+            if cfg.pretrained == "random":
+                torch.manual_seed(cfg.seed)
+                classes = max(bench.pretrain_classes, 2)
+                state = build_arch(cfg.arch, classes, bench.in_channels).state_dict()
+            elif bench.pretrain is not None:
+                state, classes = pretrain_network(cfg, bench)
+            else:
+                raise ConfigError(
+                    f"benchmark {bench.name!r} has no pretraining data: give a pretrained network "
+                    f"(--set pretrained=FILE, a torchvision-format state_dict for {cfg.arch}), "
+                    f"or --set pretrained=random for a smoke test")
+            atomic_write(path, lambda fh: torch.save({"state": state, "classes": classes}, fh))
+    pools = pool_path = None
+    if need_pools:
+        model = build_arch(cfg.arch, classes, bench.in_channels)
+        model.load_state_dict(state, strict=False)
+        if cfg.pool_file:
+            pool_path = Path(cfg.pool_file)
+            pools = PoolSet.load(pool_path)
+            pools.check_model(model, source=str(pool_path))
+        else:
+            key = _key({**pre_key, "bench": bench.name, "K": cfg.pool_size, "it": cfg.kmeans_iters,
+                        "gs": cfg.group_size, "seed": cfg.seed})
+            pool_path = cache_root / f"pools-{key}.nwsp"
+            if pool_path.is_file():
+                pools = PoolSet.load(pool_path)
+            else:
+                pools = build_pools_kmeans(model, cfg.arch, cfg.pool_size, seed=cfg.seed, iters=cfg.kmeans_iters)
+                pools.save(pool_path)
+    return Assets(cfg.arch, bench.in_channels, state, classes, pools, pool_path)

@@ -1,0 +1,1 @@
+"""One module per ``nws-bench`` subcommand; each calls ``cli.command(name, help)``."""

@@ -1,0 +1,196 @@
+"""Typed run configuration, YAML presets and ``--set key=value`` overrides.
+
+Resolution order (later wins): dataclass defaults < ``presets/<benchmark>.yaml`` (if any) <
+``--config`` files or preset names < ``--set``. Method-specific options live under
+``method_options`` (``--set packnet.prune_ratio=0.5`` is short for
+``--set method_options.packnet.prune_ratio=0.5``) and are checked against the method's own
+``Options`` dataclass.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class RunConfig:
+    benchmark: str = "split-digits"
+    method: str = "nws"
+    seed: int = 0
+    arch: str = "resnet18-narrow"
+    # optimisation (per task)
+    epochs: int = 20
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 4e-5
+    milestones: list[int] = field(default_factory=list)  # epochs where lr *= gamma
+    gamma: float = 0.1
+    # NWS
+    beta: float = 0.5
+    pool_size: int = 512
+    group_size: int = 1
+    # assets: pools and the pretrained network
+    pool_file: str | None = None
+    pretrained: str | None = None  # torchvision-format state_dict, or "random"
+    pretrain_epochs: int = 30
+    pretrain_lr: float = 0.05
+    kmeans_iters: int = 25
+    # data and machine
+    data_root: str | None = None
+    device: str = "cpu"
+    num_workers: int = 0
+    benchmark_options: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    wandb: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "RunConfig":
+        def need(ok, msg):
+            if not ok:
+                raise ConfigError(msg)
+        need(self.pool_size >= 2, f"pool_size must be >= 2 (got {self.pool_size}); the paper uses 512")
+        need(self.beta >= 0, f"beta must be >= 0 (got {self.beta}); the paper uses 0.5 (CIFAR) / 0.1 (CUB)")
+        need(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})")
+        need(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
+        need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        need(self.group_size >= 1, f"group_size must be >= 1 (got {self.group_size})")
+        need(self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam (got {self.optimizer!r})")
+        return self
+
+    def options(self, method: str | None = None) -> dict[str, Any]:
+        return dict(self.method_options.get(method or self.method, {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+FIELD_NAMES = {f.name for f in fields(RunConfig)}
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path_or_name: str) -> dict:
+    p = Path(path_or_name)
+    if not p.is_file():
+        candidate = PRESET_DIR / f"{path_or_name}.yaml"
+        if not candidate.is_file():
+            names = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
+            raise ConfigError(f"config {path_or_name!r} is neither a file nor a preset; presets: {', '.join(names)}")
+        p = candidate
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def parse_set(item: str) -> dict:
+    """``a.b=1`` -> ``{"a": {"b": 1}}``; values are parsed as YAML scalars/lists."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    if parts[0] not in FIELD_NAMES:
+        parts = ["method_options"] + parts  # packnet.prune_ratio -> method_options.packnet.prune_ratio
+    out: dict = {}
+    cur = out
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def _coerce(name: str, value: Any, default: Any, typ: Any) -> Any:
+    t = str(typ)
+    try:
+        if value is None:
+            return None
+        if t == "bool" or isinstance(default, bool):
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if t == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if t == "float":
+            return float(value)
+        if t.startswith("list"):
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v != ""]
+            return [int(v) for v in value] if "int" in t else list(value)
+        if t.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {name!r}: cannot use {value!r} (expected {t})") from None
+    return value
+
+
+def resolve(overlays: list[dict], base: dict | None = None) -> RunConfig:
+    merged: dict = dict(base or {})
+    for o in overlays:
+        merged = _deep_merge(merged, o)
+    unknown = set(merged) - FIELD_NAMES
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(sorted(unknown))}; known keys: "
+                          f"{', '.join(sorted(FIELD_NAMES))}")
+    kwargs = {}
+    for f in fields(RunConfig):
+        if f.name in merged:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            kwargs[f.name] = _coerce(f.name, merged[f.name], default, f.type)
+    return RunConfig(**kwargs)
+
+
+def build_config(configs: list[str] = (), sets: list[str] = (), **fixed: Any) -> RunConfig:
+    """Resolve a config from preset/config names, ``--set`` items and fixed keys."""
+    overlays = [load_yaml(c) for c in configs]
+    overlays += [parse_set(s) for s in sets]
+    overlays.append({k: v for k, v in fixed.items() if v is not None})
+    merged = {}
+    for o in overlays:
+        merged = _deep_merge(merged, o)
+    bench = merged.get("benchmark", RunConfig.benchmark)
+    base = load_yaml(str(PRESET_DIR / f"{bench}.yaml")) if (PRESET_DIR / f"{bench}.yaml").is_file() else {}
+    return resolve([base, merged])
+
+
+def method_options(cfg: RunConfig, method: str, options_cls) -> Any:
+    """Build a method's ``Options`` dataclass from ``cfg.method_options[method]``."""
+    given = cfg.options(method)
+    names = {f.name: f for f in fields(options_cls)}
+    unknown = set(given) - set(names)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} for method {method!r}; "
+                          f"known: {', '.join(sorted(names)) or '(none)'}")
+    kw = {}
+    for k, v in given.items():
+        f = names[k]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kw[k] = _coerce(f"{method}.{k}", v, default, f.type)
+    return options_cls(**kw)

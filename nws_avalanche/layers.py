@@ -1,0 +1,129 @@
+"""The NWS layer: a convolution whose kernels are searched in a frozen pool.
+
+Training: the temporary kernels ``weight`` (a Parameter) are cut into vectors of length
+``d = group_size * kh * kw``; each vector is replaced by its nearest pool vector and the
+gradient goes straight through to ``weight``. ``commitment`` holds
+``mean_j ||sg(q_j) - w_j||^2`` from the last forward pass.
+Eval: the layer is a plain convolution with weights ``pool[indices]`` (cached).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .search import ExactSearch
+
+SearchFactory = Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+
+
+class NWSConv2d(nn.Module):
+    """Conv2d (no bias by default) whose weight vectors are drawn from ``pool``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, pool: torch.Tensor,
+                 stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = False,
+                 group_size: int = 1, search_factory: SearchFactory | None = None):
+        super().__init__()
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        cin = in_channels // groups
+        if cin % group_size:
+            raise ValueError(f"group_size={group_size} must divide the {cin} input channels per group")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (kh, kw)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.group_size = group_size
+        self.d = group_size * kh * kw
+        if pool.dim() != 2 or pool.shape[1] != self.d:
+            raise ValueError(f"pool must be [K, {self.d}], got {list(pool.shape)}")
+        self.weight = nn.Parameter(torch.empty(out_channels, cin, kh, kw))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.register_buffer("pool", pool.detach().clone().float())
+        self.register_buffer("indices", torch.zeros(self.num_vectors, dtype=torch.long))
+        self._search_factory = search_factory or ExactSearch
+        self.search = self._search_factory(self.pool)
+        self.commitment = torch.zeros(())
+        self._cache_key = None
+        self._cache_w = None
+
+    # -- geometry ---------------------------------------------------------------------------
+    @property
+    def num_vectors(self) -> int:
+        return self.weight.numel() // self.d
+
+    @property
+    def pool_size(self) -> int:
+        return self.pool.shape[0]
+
+    def vectors(self) -> torch.Tensor:
+        return self.weight.reshape(-1, self.d)
+
+    # -- search and rebuild -----------------------------------------------------------------
+    @torch.no_grad()
+    def assign(self) -> torch.Tensor:
+        """Search the current temporary kernels and store the indices."""
+        self.indices.copy_(self.search(self.vectors()))
+        return self.indices
+
+    def rebuilt_weight(self) -> torch.Tensor:
+        key = (self.indices._version, self.pool._version, id(self.indices))
+        if self._cache_key != key or self._cache_w is None:
+            self._cache_w = self.pool[self.indices].view_as(self.weight)
+            self._cache_key = key
+        return self._cache_w
+
+    @torch.no_grad()
+    def load_rebuilt_into_weight(self) -> None:
+        """Temporary kernels := the kernels the current indices select."""
+        self.weight.copy_(self.pool[self.indices].view_as(self.weight))
+
+    def reset_search(self) -> None:
+        self.search = self._search_factory(self.pool)
+
+    def _conv(self, x, w):
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self._conv(x, self.rebuilt_weight())
+        w = self.vectors()
+        idx = self.search(w.detach())
+        with torch.no_grad():
+            self.indices.copy_(idx)
+        q = self.pool[idx]
+        self.commitment = (q - w).pow(2).sum(1).mean()
+        w_st = w + (q - w).detach()
+        return self._conv(x, w_st.view_as(self.weight))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, K={self.pool_size}, d={self.d}, "
+                f"gs={self.group_size}")
+
+
+class NWSLinear(NWSConv2d):
+    """A Linear layer as a 1x1 NWS convolution (the paper's classifier); accepts [N, C] input."""
+
+    def __init__(self, in_features: int, out_features: int, pool: torch.Tensor, bias: bool = False,
+                 group_size: int = 1, search_factory: SearchFactory | None = None):
+        super().__init__(in_features, out_features, 1, pool, bias=bias, group_size=group_size,
+                         search_factory=search_factory)
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.dim() == 2
+        if flat:
+            x = x[:, :, None, None]
+        y = super().forward(x)
+        return y.flatten(1) if flat else y
+
+
+def nws_layers(model: nn.Module) -> list[tuple[str, NWSConv2d]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, NWSConv2d)]
+
+
+def commitment_loss(model: nn.Module) -> torch.Tensor:
+    terms = [m.commitment for _, m in nws_layers(model)]
+    return torch.stack(terms).sum() if terms else torch.zeros(())

@@ -1,0 +1,78 @@
+"""The ``NWS`` strategy: a ``TaskIncrementalStrategy`` driven by ``NWSPlugin``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch.nn as nn
+
+from .artifact import load_nws_task, save_nws_task
+from .config import method_options
+from .layers import nws_layers
+from .methods import METHODS
+from .models import build_arch, get_head, set_head
+from .nwsify import make_nws_layer, nwsify
+from .plugin import NWSPlugin
+from .search import SEARCHES
+from .template import TaskIncrementalStrategy, fresh_head
+
+
+@dataclass
+class NWSOptions:
+    init: str = "previous"       # previous | pretrained | random
+    codec: str = "bitpack"       # how indices are stored (see nws_avalanche.codecs)
+    include_head: bool = True    # the classifier as a 1x1 NWS conv, as in the paper
+    search: str = "exact"        # nearest-vector search implementation (nws_avalanche.search)
+
+
+@METHODS.register("nws")
+class NWS(TaskIncrementalStrategy):
+    name = "nws"
+    Options = NWSOptions
+
+    def __init__(self, *, cfg, assets, task_classes, progress=None):
+        opts = method_options(cfg, "nws", NWSOptions)
+        self.search_factory = SEARCHES.get(opts.search)
+        self.pools = assets.pools
+        model = assets.pretrained_model()
+        set_head(model, fresh_head(model.feature_dim, task_classes[0], cfg.seed))
+        nwsify(model, self.pools.tables, opts.include_head, search_factory=self.search_factory)
+        self.plugin = NWSPlugin(beta=cfg.beta, init=opts.init, pretrained_state=assets.pretrained_state,
+                                include_head=opts.include_head, search_factory=self.search_factory, seed=cfg.seed)
+        super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, plugins=[self.plugin],
+                         options=opts, progress=progress)
+
+    def prepare_task(self, t, num_classes):
+        head = get_head(self.model)
+        if t > 0 and (self.opts.init != "previous" or head.out_channels != num_classes):
+            new = fresh_head(self.model.feature_dim, num_classes, self.cfg.seed + t)
+            if self.opts.include_head:
+                new = make_nws_layer(new, self.pools.tables[self._head_name()], search_factory=self.search_factory)
+            set_head(self.model, new)
+
+    def _head_name(self) -> str:
+        return getattr(self.model, "head_attr", "fc")
+
+    def skeleton(self, num_classes: int) -> nn.Module:
+        m = build_arch(self.cfg.arch, num_classes, self.assets.in_channels)
+        return nwsify(m, self.pools.tables, self.opts.include_head, search_factory=self.search_factory,
+                      search_now=False)
+
+    def export_task(self, t, directory):
+        path = self.task_file(directory, t, "nwst")
+        save_nws_task(path, self.model, task=t, arch=self.cfg.arch, num_classes=self.task_classes[t],
+                      pool_fingerprint=self.pools.fingerprint, pool_digest=self.pools.digest, codec=self.opts.codec)
+        return [path]
+
+    def rebuild_task(self, t, directory):
+        return load_nws_task(self.task_file(directory, t, "nwst"), self.skeleton,
+                             self.pools.fingerprint, self.pools.digest)
+
+    def assist_files(self, directory):
+        return [Path(directory) / "pools.nwsp"]
+
+    def task_summary(self, t):
+        counts = {name: np.bincount(m.indices.cpu().numpy(), minlength=m.pool_size).tolist()
+                  for name, m in nws_layers(self.model)}
+        return {"selection_counts": counts}

@@ -1,0 +1,1 @@
+"""Tables and figures derived from ``results.json`` files alone."""
