@@ -4,11 +4,9 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 TINY = ["arch=resnet-tiny", "epochs=2", "pretrain_epochs=3", "pool_size=16", "benchmark_options.tasks=2",
         "batch_size=32"]
@@ -22,9 +20,18 @@ def tiny_config(**fixed):
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory):
-    """One finished tiny NWS run and one Finetune run on split-digits (2 tasks)."""
-    from nws_avalanche.runner import run_single
+    """The quickstart path through the CLI (run + report) on a reduced config: NWS and Finetune
+    on split-digits with 2 tasks."""
+    import json
+
+    from nws_avalanche.cli import main
 
     out = tmp_path_factory.mktemp("runs")
-    res = {m: run_single(tiny_config(method=m), out, progress=False) for m in ("nws", "finetune")}
+    args = ["run", "--methods", "nws,finetune", "--out", str(out)]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0
+    assert (out / "report" / "report.md").is_file()
+    res = {m: json.loads((out / "split-digits" / m / "seed0" / "results.json").read_text())
+           for m in ("nws", "finetune")}
     return out, res
