@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from baselines.aqd import QuantMixin, quant_layers
-from baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
+from tests.baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
 from nws_avalanche.artifact import load_state_artifact
 from nws_avalanche.errors import ConfigError
 

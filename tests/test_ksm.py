@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from baselines.ksm import BACKBONE_FILE, softmax_trick
-from baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
+from tests.baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
 from nws_avalanche.artifact import load_state_artifact
 
 T = 2

@@ -9,7 +9,7 @@ import torch
 from baselines.packnet import BACKBONE_FILE, OwnedConv2d
 from nws_avalanche.container import read_container
 from nws_avalanche.errors import ConfigError
-from baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
+from tests.baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
 
 T = 3
 
