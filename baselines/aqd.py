@@ -40,6 +40,10 @@ class AQDOptions:
     full_precision_first: bool = True  # keep the first conv in fp32
     full_precision_last: bool = True   # keep the head in fp32
 
+    def __post_init__(self):  # checked by the runner before anything is written
+        if not 2 <= self.bits <= 16:
+            raise ConfigError(f"aqd.bits must be in 2..16 (got {self.bits}); the paper's setting is 9")
+
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
     return (x.round() - x).detach() + x
@@ -155,8 +159,6 @@ class AQD(TaskIncrementalStrategy):
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, "aqd", AQDOptions)
-        if not 2 <= opts.bits <= 16:
-            raise ConfigError(f"aqd.bits must be in 2..16 (got {opts.bits}); the paper's setting is 9")
         model = assets.pretrained_model()
         set_head(model, fresh_head(model.feature_dim, task_classes[0], cfg.seed))
         quantize_model(model, opts)

@@ -51,6 +51,12 @@ class KSMOptions:
     scale_init: float = 0.0    # initial scaling part s (M_t starts at the binary part alone)
     temperature: float = 1e-3  # tau of the softmax trick
 
+    def __post_init__(self):  # checked by the runner before anything is written
+        if self.temperature <= 0:
+            raise ConfigError(f"ksm.temperature must be > 0 (got {self.temperature}); default 1e-3")
+        if self.mask_lr <= 0:
+            raise ConfigError(f"ksm.mask_lr must be > 0 (got {self.mask_lr}); the appendix uses 2e-4")
+
 
 def softmax_trick(m: torch.Tensor, tau: float) -> torch.Tensor:
     """Binary part from the real mask: a two-way softmax over log-probabilities at temperature tau."""
@@ -96,10 +102,6 @@ class KSM(TaskIncrementalStrategy):
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, "ksm", KSMOptions)
-        if opts.temperature <= 0:
-            raise ConfigError(f"ksm.temperature must be > 0 (got {opts.temperature}); default 1e-3")
-        if opts.mask_lr <= 0:
-            raise ConfigError(f"ksm.mask_lr must be > 0 (got {opts.mask_lr}); the appendix uses 2e-4")
         model = assets.pretrained_model()
         set_head(model, fresh_head(model.feature_dim, task_classes[0], cfg.seed))
         replace_layers(model, nn.Conv2d, lambda name, conv: KSMConv2d(conv, opts.temperature))

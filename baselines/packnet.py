@@ -54,6 +54,16 @@ class PackNetOptions:
     retrain_lr_scale: float = 0.1      # retraining runs at lr * this (CPG: lr / 10)
     free_init: str = "zero"            # zero (PackNet/CPG) | pretrained: value of freed weights for a new task
 
+    def __post_init__(self):  # checked by the runner before anything is written
+        if not 0.0 <= self.prune_ratio < 1.0:
+            raise ConfigError(f"packnet.prune_ratio must be in [0, 1) (got {self.prune_ratio}); the paper uses 0.6")
+        if self.free_init not in FREE_INITS:
+            raise ConfigError(f"packnet.free_init must be one of {', '.join(FREE_INITS)} (got {self.free_init!r})")
+        if self.retrain_epochs is not None and self.retrain_epochs < 0:
+            raise ConfigError(f"packnet.retrain_epochs must be >= 0 (got {self.retrain_epochs})")
+        if self.retrain_lr_scale <= 0:
+            raise ConfigError(f"packnet.retrain_lr_scale must be > 0 (got {self.retrain_lr_scale}); CPG uses 0.1")
+
 
 class OwnedConv2d(nn.Conv2d):
     """A conv whose weights each belong to a task; the forward sees owners ``1..view`` only."""
@@ -87,12 +97,6 @@ class PackNet(TaskIncrementalStrategy):
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, "packnet", PackNetOptions)
-        if not 0.0 <= opts.prune_ratio < 1.0:
-            raise ConfigError(f"packnet.prune_ratio must be in [0, 1) (got {opts.prune_ratio}); the paper uses 0.6")
-        if opts.free_init not in FREE_INITS:
-            raise ConfigError(f"packnet.free_init must be one of {', '.join(FREE_INITS)} (got {opts.free_init!r})")
-        if opts.retrain_epochs is not None and opts.retrain_epochs < 0:
-            raise ConfigError(f"packnet.retrain_epochs must be >= 0 (got {opts.retrain_epochs})")
         if len(task_classes) >= 255:
             raise ConfigError(f"packnet keeps owner ids in 8 bits: at most 254 tasks (got {len(task_classes)})")
         self.retrain_epochs = (opts.retrain_epochs if opts.retrain_epochs is not None
