@@ -54,7 +54,7 @@ def cli_run(method: str, out: Path) -> dict:
     rc = main(["run", "--methods", method, "--out", str(out), "--no-report",
                "--set", f"arch={ARCH}", "--set", "epochs=1", "--set", "pretrain_epochs=1",
                "--set", "pretrained=random", "--set", "benchmark_options.tasks=2",
-               "--set", "benchmark_options.image_size=12", "--set", "batch_size=64"])
+               "--set", "benchmark_options.image_size=8", "--set", "batch_size=128"])
     assert rc in (0, None)
     return json.loads((out / "split-digits" / method / "seed0" / "results.json").read_text())
 
