@@ -1,2 +1,2 @@
 """Baselines, each one file registering itself in ``nws_avalanche.methods.METHODS``."""
-from . import finetune  # noqa: F401
+from . import aqd, finetune, ksm, packnet  # noqa: F401

@@ -1,0 +1,232 @@
+"""PackNet (Mallya & Lazebnik, CVPR 2018) with the CPG code's semantics.
+
+Every conv weight has an owner: 0 = free, ``t + 1`` = task ``t``. For task ``t``:
+
+1. every free weight is handed to task ``t`` (kept at zero, as PackNet/CPG leave pruned
+   weights, or reset to the pretrained value with ``free_init=pretrained``) and the task
+   trains on them for ``epochs``; weights of earlier tasks are visible but get no gradient
+   and no weight decay (the optimiser's own decay is off; decay is added by hand to the
+   current task's weights and to the per-task BN/head only);
+2. ``prune_ratio`` of the task's weights in each layer, the smallest by magnitude, are freed
+   and zeroed (one shot);
+3. the survivors are retrained for ``retrain_epochs`` at ``lr * retrain_lr_scale`` (a second
+   Avalanche ``train`` pass over the same experience).
+
+Inference on task ``t`` uses only weights owned by tasks ``<= t`` plus task ``t``'s BatchNorm
+(parameters and statistics) and head. The head is not pruned: heads are per task, so pruning
+them frees nothing another task could use. Capacity left for task ``t`` (1-based) is
+``(1 - r)^(t-1)`` of each layer, of which it keeps ``(1 - r)``: ``0.4 * 0.6^(t-1)`` at r = 0.6.
+
+Stored: ``packnet.backbone`` (assist: every conv weight in fp32 and the owner ids packed at
+``ceil(log2(T+1))`` bits; it is rewritten after each task, which leaves earlier tasks' weights
+untouched) and per task ``taskNNN.packnet`` (its BatchNorm state, biases and head).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from nws_avalanche.artifact import load_state_artifact, save_state_artifact
+from nws_avalanche.codecs import BitPack
+from nws_avalanche.config import method_options
+from nws_avalanche.container import read_container, write_container
+from nws_avalanche.errors import ArtifactError, ConfigError
+from nws_avalanche.methods import METHODS
+from nws_avalanche.models import build_arch, set_head
+from nws_avalanche.template import TaskIncrementalStrategy, fresh_head
+from nws_avalanche.training import build_optimizer
+
+from .surgery import bn_state, layers_of, replace_layers
+
+BACKBONE_FILE = "packnet.backbone"
+FREE_INITS = ("zero", "pretrained")
+
+
+@dataclass
+class PackNetOptions:
+    prune_ratio: float = 0.6           # share of the current task's weights freed per layer
+    retrain_epochs: int | None = None  # None: ceil(0.3 * epochs), i.e. CPG's 30 after 100 epochs
+    retrain_lr_scale: float = 0.1      # retraining runs at lr * this (CPG: lr / 10)
+    free_init: str = "zero"            # zero (PackNet/CPG) | pretrained: value of freed weights for a new task
+
+    def __post_init__(self):  # checked by the runner before anything is written
+        if not 0.0 <= self.prune_ratio < 1.0:
+            raise ConfigError(f"packnet.prune_ratio must be in [0, 1) (got {self.prune_ratio}); the paper uses 0.6")
+        if self.free_init not in FREE_INITS:
+            raise ConfigError(f"packnet.free_init must be one of {', '.join(FREE_INITS)} (got {self.free_init!r})")
+        if self.retrain_epochs is not None and self.retrain_epochs < 0:
+            raise ConfigError(f"packnet.retrain_epochs must be >= 0 (got {self.retrain_epochs})")
+        if self.retrain_lr_scale <= 0:
+            raise ConfigError(f"packnet.retrain_lr_scale must be > 0 (got {self.retrain_lr_scale}); CPG uses 0.1")
+
+
+class OwnedConv2d(nn.Conv2d):
+    """A conv whose weights each belong to a task; the forward sees owners ``1..view`` only."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                         conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+        with torch.no_grad():
+            self.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                self.bias.copy_(conv.bias)
+        self.register_buffer("owner", torch.zeros(self.weight.shape, dtype=torch.uint8))
+        self.view = 0
+
+    def visible(self) -> torch.Tensor:
+        return (self.owner > 0) & (self.owner <= self.view)
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.visible().to(self.weight.dtype), self.bias)
+
+
+def visible_weight(weight: torch.Tensor, owner: torch.Tensor, view: int) -> torch.Tensor:
+    """The weights task ``view - 1`` uses: the same product the training forward computes."""
+    return weight * ((owner > 0) & (owner <= view)).to(weight.dtype)
+
+
+@METHODS.register("packnet")
+class PackNet(TaskIncrementalStrategy):
+    name = "packnet"
+    Options = PackNetOptions
+
+    def __init__(self, *, cfg, assets, task_classes, progress=None):
+        opts = method_options(cfg, "packnet", PackNetOptions)
+        if len(task_classes) >= 255:
+            raise ConfigError(f"packnet keeps owner ids in 8 bits: at most 254 tasks (got {len(task_classes)})")
+        self.retrain_epochs = (opts.retrain_epochs if opts.retrain_epochs is not None
+                               else math.ceil(0.3 * cfg.epochs))
+        model = assets.pretrained_model()
+        set_head(model, fresh_head(model.feature_dim, task_classes[0], cfg.seed))
+        replace_layers(model, nn.Conv2d, lambda name, conv: OwnedConv2d(conv))
+        self.phase = "train"
+        self.current = 0  # owner id of the task being trained
+        super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, options=opts,
+                         progress=progress)
+
+    # -- training ---------------------------------------------------------------------------
+    def owned_layers(self) -> list[tuple[str, OwnedConv2d]]:
+        return list(layers_of(self.model, OwnedConv2d))
+
+    def prepare_task(self, t, num_classes):
+        if self.phase == "retrain":
+            return  # same task, second pass: keep everything
+        self.current = t + 1
+        with torch.no_grad():
+            for name, m in self.owned_layers():
+                free = m.owner == 0
+                m.owner[free] = self.current
+                if self.opts.free_init == "pretrained":
+                    pre = self.assets.pretrained_state[f"{name}.weight"].to(m.weight.device)
+                    m.weight[free] = pre[free]
+                m.view = self.current
+        if t > 0:  # per-task BN starts from the pretrained one, like every other method here
+            self.model.load_state_dict(bn_state(self.assets.pretrained_state, self.model), strict=False)
+            set_head(self.model, fresh_head(self.model.feature_dim, num_classes, self.cfg.seed + t))
+
+    def make_optimizer(self, **kwargs):
+        # The optimiser's decay is off: it would shrink frozen weights; optimizer_step adds it by hand.
+        scale = self.opts.retrain_lr_scale if self.phase == "retrain" else 1.0
+        cfg = replace(self.cfg, lr=self.cfg.lr * scale, weight_decay=0.0)
+        self.optimizer = build_optimizer(cfg, self.model.parameters())
+        self.optimized_param_id = {}
+
+    def optimizer_step(self):
+        wd = self.cfg.weight_decay
+        with torch.no_grad():
+            conv_weights = set()
+            for _, m in self.owned_layers():
+                conv_weights.add(id(m.weight))
+                if m.weight.grad is None:
+                    continue
+                mine = (m.owner == self.current).to(m.weight.dtype)
+                m.weight.grad.mul_(mine).add_(m.weight * mine, alpha=wd)
+            for p in self.model.parameters():
+                if id(p) not in conv_weights and p.grad is not None and wd:
+                    p.grad.add_(p, alpha=wd)
+        self.optimizer.step()
+
+    def prune_current(self) -> None:
+        """Free ``prune_ratio`` of the current task's weights per layer, smallest magnitude first."""
+        with torch.no_grad():
+            for _, m in self.owned_layers():
+                mine = (m.owner == self.current).flatten().nonzero().squeeze(1)
+                k = int(round(self.opts.prune_ratio * mine.numel()))
+                if k == 0:
+                    continue
+                mags = m.weight.detach().flatten()[mine].abs()
+                drop = mine[torch.argsort(mags, stable=True)[:k]]
+                m.owner.view(-1)[drop] = 0
+                m.weight.view(-1)[drop] = 0.0
+
+    def train(self, experiences, eval_streams=None, **kwargs):
+        self.phase = "train"
+        super().train(experiences, eval_streams, **kwargs)
+        self.prune_current()
+        if self.retrain_epochs > 0:
+            epochs, self.train_epochs, self.phase = self.train_epochs, self.retrain_epochs, "retrain"
+            try:
+                super().train(experiences, eval_streams, **kwargs)
+            finally:
+                self.train_epochs, self.phase = epochs, "train"
+
+    # -- storage ----------------------------------------------------------------------------
+    def owner_bits(self) -> int:
+        return math.ceil(math.log2(len(self.task_classes) + 1))
+
+    def _write_backbone(self, directory: Path) -> Path:
+        K = len(self.task_classes) + 1
+        layers, blobs = [], {}
+        for name, m in self.owned_layers():
+            w = m.weight.detach().cpu().contiguous()
+            layers.append({"name": name, "shape": list(w.shape)})
+            blobs[f"w/{name}"] = w.numpy().astype("<f4").tobytes()
+            blobs[f"own/{name}"] = BitPack.encode(m.owner.cpu().numpy().reshape(-1), K)
+        header = {"kind": "packnet-backbone", "format": 1, "tasks": len(self.task_classes),
+                  "owner_bits": self.owner_bits(), "arch": self.cfg.arch, "layers": layers}
+        return write_container(Path(directory) / BACKBONE_FILE, header, blobs)
+
+    def export_task(self, t, directory):
+        self._write_backbone(directory)
+        conv_keys = {f"{n}.{leaf}" for n, _ in self.owned_layers() for leaf in ("weight", "owner")}
+        state = {k: v for k, v in self.model.state_dict().items() if k not in conv_keys}
+        path = self.task_file(directory, t, "packnet")
+        save_state_artifact(path, state, kind="packnet-task", task=t,
+                            header={"arch": self.cfg.arch, "num_classes": self.task_classes[t], "owner": t + 1})
+        return [path]
+
+    def rebuild_task(self, t, directory):
+        header, blobs = read_container(Path(directory) / BACKBONE_FILE)
+        if header.get("kind") != "packnet-backbone":
+            raise ArtifactError(f"{directory}/{BACKBONE_FILE}: not a PackNet backbone (kind={header.get('kind')!r})")
+        theader, state, _ = load_state_artifact(self.task_file(directory, t, "packnet"), "packnet-task")
+        model = build_arch(theader["arch"], theader["num_classes"], self.assets.in_channels)
+        K = header["tasks"] + 1
+        with torch.no_grad():
+            for layer in header["layers"]:
+                n = int(np.prod(layer["shape"]))
+                w = torch.from_numpy(np.frombuffer(blobs[f"w/{layer['name']}"], dtype="<f4").copy())
+                try:
+                    own = BitPack.decode(blobs[f"own/{layer['name']}"], n, K)
+                except ValueError as e:
+                    raise ArtifactError(f"{BACKBONE_FILE}: owners of {layer['name']!r} do not decode: {e}") from None
+                own = torch.from_numpy(own.astype(np.uint8)).view(layer["shape"])
+                conv = model.get_submodule(layer["name"])
+                conv.weight.copy_(visible_weight(w.view(layer["shape"]), own, theader["owner"]))
+        missing = set(model.state_dict()) - {f"{lay['name']}.weight" for lay in header["layers"]} - set(state)
+        if missing:
+            raise ArtifactError(f"task {t}: PackNet artifact lacks state entries {sorted(missing)[:5]}")
+        model.load_state_dict(state, strict=False)
+        return model.eval()
+
+    def assist_files(self, directory):
+        return [Path(directory) / BACKBONE_FILE]
+
+    def task_summary(self, t):
+        owned = {name: float((m.owner == t + 1).float().mean()) for name, m in self.owned_layers()}
+        return {"owned_fraction": owned, "retrain_epochs": self.retrain_epochs}
