@@ -6,6 +6,10 @@ Variants (``benchmark_options.variant``):
   classes (alphabetical) labelled 0..4;
 - ``10x10``: 10 tasks of 10 classes, the class order a permutation fixed by the seed.
 
+``max_tasks`` keeps only the first N tasks (smoke tests); ``skip_unreadable`` skips undecodable
+image-folder files (reporting how many); ``download`` fetches the pickles through torchvision
+when nothing is found (never needed when the files are there).
+
 Layouts under ``data_root`` (``LAYOUTS``, tried in order): torchvision's extracted
 ``cifar-100-python/{train,test,meta}`` pickles (or those three files directly in the root), or
 image folders ``train/<superclass>/<class>/<image>`` + ``test/...`` (the CPG/authors' layout).
@@ -317,5 +321,7 @@ def split_cifar100(cfg) -> BenchmarkData:
     check_cifar(data)
     variant = str(opts.get("variant", "20x5"))
     tasks = build_tasks(data, variant, cfg.seed)
+    if opts.get("max_tasks"):  # the first N tasks only, for smoke tests
+        tasks = tasks[:int(opts["max_tasks"])]
     return BenchmarkData("split-cifar100", tasks, in_channels=3, image_size=32, pretrain=None,
                          info={"variant": variant, "source": data.source, "skipped_unreadable": data.skipped})
