@@ -212,3 +212,29 @@ def test_run_on_missing_data_writes_nothing(tmp_path):
                 "--out", str(out), *TINY]) == 2
     assert sorted(p.name for p in out.rglob("*")) == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "earlier result"
+
+
+def test_download_is_opt_in_and_failures_are_data_errors(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    calls = []
+
+    class FakeCIFAR100:  # stands in for torchvision's downloader: no network in tests
+        def __init__(self, root, train=True, download=False):
+            calls.append(root)
+            write_cifar100_pickles(Path(root), 1, 1)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", FakeCIFAR100)
+    with pytest.raises(DataError):
+        bench(tmp_path / "a")  # no download unless asked
+    assert calls == []
+    assert len(bench(tmp_path / "a", download=True).tasks) == 20 and calls == [str(tmp_path / "a")]
+    assert len(bench(tmp_path / "a", download=True).tasks) == 20 and len(calls) == 1  # files there: no download
+
+    class Offline:
+        def __init__(self, *a, **k):
+            raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", Offline)
+    with pytest.raises(DataError, match=r"download into .*b failed .*network is unreachable.*cifar-100-python.tar.gz"):
+        bench(tmp_path / "b", download=True)
