@@ -37,7 +37,8 @@ from nws_avalanche.errors import DataError
 from nws_avalanche.registry import Registry
 
 from .base import BENCHMARKS, BenchmarkData, Task
-from .imagefolder import check_not_empty, check_same_classes, handle_unreadable, list_dirs, scan_split
+from .imagefolder import (check_not_empty, check_options, check_same_classes, handle_unreadable, list_dirs,
+                          scan_split)
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 PICKLES = ("train", "test", "meta")
@@ -327,6 +328,7 @@ def build_tasks(data: CifarData, variant: str, seed: int) -> list[Task]:
 @BENCHMARKS.register("split-cifar100")
 def split_cifar100(cfg) -> BenchmarkData:
     opts = dict(getattr(cfg, "benchmark_options", {}) or {})
+    check_options("split-cifar100", opts, {"variant", "max_tasks", "skip_unreadable", "download", "verify"})
     if not cfg.data_root:
         raise DataError("split-cifar100 reads local data: give --data-root DIR (the folder holding "
                         f"cifar-100-python/, or train/ and test/ image folders); get the files from {URL}")

@@ -26,8 +26,8 @@ from torchvision import transforms as T
 from nws_avalanche.errors import DataError
 
 from .base import BENCHMARKS, BenchmarkData, Task
-from .imagefolder import (ImageFiles, SplitIndex, check_not_empty, check_same_classes, find_unreadable,
-                          handle_unreadable, scan_split)
+from .imagefolder import (ImageFiles, SplitIndex, check_not_empty, check_options, check_same_classes,
+                          find_unreadable, handle_unreadable, scan_split)
 
 DATASETS = ["cubs_cropped", "stanford_cars_cropped", "flowers", "wikiart", "sketches"]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -121,6 +121,8 @@ def index_dataset(root: Path, name: str, opts: dict) -> tuple[SplitIndex, SplitI
 @BENCHMARKS.register("cub-to-sketches")
 def cub_to_sketches(cfg) -> BenchmarkData:
     opts = dict(getattr(cfg, "benchmark_options", {}) or {})
+    check_options("cub-to-sketches", opts, {"datasets", "image_size", "cutout", "cropped", "verify",
+                                            "skip_unreadable", "jpeg_draft"})
     names = opts.get("datasets", DATASETS)
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]

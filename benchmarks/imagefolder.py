@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from torch.utils.data import Dataset
 
-from nws_avalanche.errors import DataError
+from nws_avalanche.errors import ConfigError, DataError
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 VERIFY_MODES = ("none", "header", "full")
@@ -66,6 +66,14 @@ def check_not_empty(split: dict, split_dir: Path) -> None:
 def _few(items: list[str], n: int = 5) -> str:
     shown = ", ".join(items[:n])
     return shown + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
+def check_options(benchmark: str, opts: dict, known: set[str]) -> None:
+    """A misspelt option must not be silently ignored."""
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise ConfigError(f"unknown benchmark_options for {benchmark}: {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
 
 
 # -- decoding -------------------------------------------------------------------------------------

@@ -137,6 +137,13 @@ def test_missing_data_names_path_layout_and_source(tmp_path, capsys):
     assert str(tmp_path / "nowhere") in capsys.readouterr().err
 
 
+def test_misspelt_option_is_an_error(roots):
+    from nws_avalanche.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown benchmark_options.*skip_unreadble.*known:.*skip_unreadable"):
+        bench(roots["pickles"], skip_unreadble=True)
+
+
 def test_corrupt_pickle_is_named(roots, tmp_path):
     d = tmp_path / "cifar-100-python"
     shutil.copytree(roots["pickle_dir"], d)
