@@ -207,3 +207,16 @@ def test_run_end_to_end_and_bad_data_writes_nothing(root, tmp_path):
     assert cli(["run", "--benchmark", "cub-to-sketches", "--data-root", str(tmp_path / "missing"),
                 "--out", str(out), "--overwrite", *tiny]) == 2
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_data_speed_and_generate_commands(root, tmp_path, capsys):
+    assert cli(["data", "speed", "--benchmark", "cub-to-sketches", "--data-root", str(root), "--workers", "0",
+                "--set", f"benchmark_options.image_size={SIZE}", "--set", "benchmark_options.datasets=[flowers]"]) == 0
+    out = capsys.readouterr().out
+    assert "flowers" in out and f"{2 * CLASSES['flowers']} images" in out and "images/s" in out
+    gen = tmp_path / "gen"
+    assert cli(["data", "generate", "--benchmark", "cub-to-sketches", "--data-root", str(gen), "--per-class", "1",
+                "--set", "benchmark_options.datasets=[a_cropped,b]"]) == 0
+    assert cli(["data", "check", "--benchmark", "cub-to-sketches", "--data-root", str(gen),
+                "--set", "benchmark_options.datasets=[a_cropped,b]"]) == 0
+    assert "2 task(s)" in capsys.readouterr().out
