@@ -41,7 +41,7 @@ def check(args) -> int:
 
     cfg = _config(args, **({} if args.quick else {"verify": "full"}))
     bench = build_benchmark(cfg)
-    print(f"{bench.name}: {len(bench.tasks)} task(s) from {cfg.data_root}")
+    print(f"{bench.name}: {len(bench.tasks)} task(s) from {cfg.data_root or '(embedded data)'}")
     print(f"{'#':>3}  {'task':<32}{'classes':>8}{'train':>9}{'test':>8}{'min/class (train/test)':>25}")
     for t, task in enumerate(bench.tasks):
         counts = [np.bincount(np.asarray(ds.targets, dtype=np.int64), minlength=task.num_classes)
