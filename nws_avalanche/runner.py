@@ -88,7 +88,8 @@ def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: boo
     summaries, times = [], []
     for t, exp in enumerate(scenario.train_stream):
         start = time.perf_counter()
-        strategy.train(exp)
+        # worker processes decode images in parallel; persistent so they are forked once per task
+        strategy.train(exp, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
         times.append(time.perf_counter() - start)
         task_files.append(strategy.export_task(t, art))
         summaries.append(strategy.task_summary(t))

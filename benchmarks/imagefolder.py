@@ -1,0 +1,180 @@
+"""Image-folder trees (``<split>/<class>/<image>``): indexing, checks and a lean dataset.
+
+A tree is indexed once with ``os.scandir`` (no ``stat`` per file); the dataset holds paths as one
+numpy byte array and targets as an int array, so per-item work is "open, decode, transform"
+whatever the number of classes, and forked workers do not copy Python objects by touching them.
+Every problem is a ``DataError`` naming the folder or files and the fix.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from nws_avalanche.errors import ConfigError, DataError
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
+VERIFY_MODES = ("none", "header", "full")
+SKIP_HINT = ("replace or remove these files, or set benchmark_options.skip_unreadable=true "
+             "(--set benchmark_options.skip_unreadable=true) to skip them")
+
+
+def list_dirs(folder: Path) -> list[str]:
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+
+
+def list_images(folder: Path) -> list[str]:
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_file()
+                      and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS)
+
+
+def scan_split(split_dir: Path) -> dict[str, list[str]]:
+    """``{class: sorted image file names}`` for one ``<split>/<class>/<image>`` folder."""
+    return {c: list_images(split_dir / c) for c in list_dirs(split_dir)}
+
+
+def check_same_classes(train: dict, test: dict, train_dir: Path, test_dir: Path) -> None:
+    only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+    if only_train or only_test:
+        parts = []
+        if only_train:
+            parts.append(f"only in {train_dir}: {_few(only_train)}")
+        if only_test:
+            parts.append(f"only in {test_dir}: {_few(only_test)}")
+        raise DataError("class folders differ between train and test; " + "; ".join(parts) +
+                        ". Every class needs a folder with images in both train/ and test/.")
+
+
+def check_not_empty(split: dict, split_dir: Path) -> None:
+    if not split:
+        raise DataError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image>")
+    empty = [str(split_dir / c) for c, files in split.items() if not files]
+    if empty:
+        raise DataError(f"{len(empty)} empty class folder(s) (no image files with extension "
+                        f"{', '.join(sorted(IMAGE_EXTS))}): {_few(empty)}. Add images or remove the folder "
+                        f"from both train/ and test/.")
+
+
+def _few(items: list[str], n: int = 5) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
+def check_options(benchmark: str, opts: dict, known: set[str]) -> None:
+    """A misspelt option must not be silently ignored."""
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise ConfigError(f"unknown benchmark_options for {benchmark}: {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
+
+
+# -- decoding -------------------------------------------------------------------------------------
+def open_rgb(path: str, draft: int | None = None):
+    """Decode ``path`` as an RGB PIL image (grayscale, palette, CMYK, alpha all become RGB).
+
+    ``draft``: for JPEGs, let the decoder downscale by 1/2, 1/4 or 1/8 in the DCT domain while
+    keeping both sides >= ``draft``: far less decoding work when the file is much larger than
+    the size it is resized to next.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if draft and im.format == "JPEG":
+                im.draft("RGB", (draft, draft))
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable files
+        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); {SKIP_HINT}") from None
+
+
+def _problem(path: str, mode: str) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if mode == "full":
+                im.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def find_unreadable(paths: list[str], mode: str = "header", workers: int | None = None) -> list[tuple[str, str]]:
+    """``[(path, reason)]`` for files PIL cannot identify (``header``) or fully decode (``full``)."""
+    if mode not in VERIFY_MODES:
+        raise DataError(f"benchmark_options.verify must be one of {', '.join(VERIFY_MODES)} (got {mode!r})")
+    if mode == "none" or not paths:
+        return []
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while reading/decoding
+        reasons = list(pool.map(lambda p: _problem(p, mode), paths, chunksize=256))
+    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+
+
+def handle_unreadable(bad: list[tuple[str, str]], skip: bool, what: str) -> set[str]:
+    """Raise naming the files, or (opt-in) return them to skip and say how many."""
+    if not bad:
+        return set()
+    if not skip:
+        listed = "; ".join(f"{p} ({r})" for p, r in bad[:10])
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise DataError(f"{len(bad)} unreadable image(s) in {what}: {listed}{more}. {SKIP_HINT}")
+    print(f"{what}: skipped {len(bad)} unreadable image(s) (benchmark_options.skip_unreadable=true), "
+          f"first: {bad[0][0]}", file=sys.stderr)
+    return {p for p, _ in bad}
+
+
+# -- index and dataset ----------------------------------------------------------------------------
+@dataclass
+class SplitIndex:
+    """Paths and targets of one split; ``classes[target]`` is the class folder name."""
+    classes: list[str]
+    paths: list[str]
+    targets: list[int]
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, split_dir: Path, listing: dict[str, list[str]], classes: list[str]) -> "SplitIndex":
+        paths, targets = [], []
+        for t, c in enumerate(classes):
+            base = os.path.join(split_dir, c)
+            paths += [os.path.join(base, f) for f in listing[c]]
+            targets += [t] * len(listing[c])
+        return cls(classes, paths, targets)
+
+    def without(self, drop: set[str]) -> "SplitIndex":
+        if not drop:
+            return self
+        keep = [i for i, p in enumerate(self.paths) if p not in drop]
+        return SplitIndex(self.classes, [self.paths[i] for i in keep], [self.targets[i] for i in keep],
+                          sorted(drop & set(self.paths)))
+
+    def counts(self) -> list[int]:
+        return np.bincount(np.asarray(self.targets, dtype=np.int64), minlength=len(self.classes)).tolist()
+
+
+class ImageFiles(Dataset):
+    """``(transform(rgb_image), target)`` for a list of image files."""
+
+    def __init__(self, paths: list[str], targets: list[int], transform: Callable, draft: int | None = None):
+        # one contiguous byte array: forked workers share it without refcount copy-on-write
+        self._paths = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.transform, self.draft = transform, draft
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def path(self, i: int) -> str:
+        return os.fsdecode(self._paths[i])
+
+    def __getitem__(self, i: int):
+        return self.transform(open_rgb(self.path(i), self.draft)), int(self.targets[i])
