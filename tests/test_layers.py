@@ -71,7 +71,7 @@ def test_nwsify_paper_resnet18_has_21_layers_and_paper_index_count():
     assert isinstance(model.fc, NWSLinear)
     C = 5
     assert sum(m.num_vectors for m in layers) == 1_392_832 + 512 * C
-    assert model.conv1.kernel_size == (7, 7) and model.conv1.stride == 2
+    assert model.conv1.kernel_size == (7, 7) and model.conv1.stride == (2, 2)
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
 
 
