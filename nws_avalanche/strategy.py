@@ -30,6 +30,7 @@ class NWSOptions:
 class NWS(TaskIncrementalStrategy):
     name = "nws"
     Options = NWSOptions
+    checkpoint_attrs = ("plugin.tasks_seen",)
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, "nws", NWSOptions)
