@@ -130,3 +130,39 @@ def wandb_callbacks(cfg, run_dir: Path, sweep: dict | None = None) -> list:
     if wandb_mode(cfg) == "disabled" or (Path(run_dir) / "results.json").is_file():
         return []
     return [WandbRun(cfg, run_dir, sweep)]
+
+
+BLOCK = 32768
+HEADER = 7  # crc32 (4), length (2), type (1)
+
+
+def read_wandb_records(path: Path):
+    """The ``Record`` protos of a ``.wandb`` file (an offline run's log), without ``wandb sync``.
+
+    The file is a LevelDB-style log: a 7-byte file header (``:W&B``, magic, version), then 32 KiB
+    blocks of records, each with a 7-byte header; a record split over blocks comes as
+    FIRST/MIDDLE/LAST pieces.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a wandb log file")
+    pos, pending = 7, b""
+    while pos + HEADER <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < HEADER:  # block trailer padding
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4:pos + 6], "little")
+        kind = data[pos + 6]
+        chunk = data[pos + HEADER:pos + HEADER + length]
+        pos += HEADER + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            rec = pb.Record()
+            rec.ParseFromString(pending)
+            yield rec
+            pending = b""

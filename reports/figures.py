@@ -87,6 +87,12 @@ def slug(text: str) -> str:
     return "_".join(filter(None, keep.split("_")))
 
 
+def _plain_log_ticks(axis) -> None:
+    # matplotlib's default minor labels (4x10^-2 ...) overlap on short log ranges
+    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def accuracy_memory_figure(results: list[dict], benchmark: str):
     """Average accuracy vs total memory (log scale), mean ± std over seeds, one marker per method."""
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
@@ -98,6 +104,7 @@ def accuracy_memory_figure(results: list[dict], benchmark: str):
                     xerr=mem.std(ddof=1) if len(rs) > 1 else None, marker=st["marker"], color=st["color"],
                     markerfacecolor=st["markerfacecolor"], markersize=8, capsize=3, linestyle="none", label=label)
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("total memory (MiB, log scale)")
     ax.set_ylabel("average accuracy (%)")
     ax.set_title(f"{benchmark}: accuracy vs memory", fontsize=10)
@@ -118,6 +125,7 @@ def memory_growth_figure(results: list[dict], benchmark: str):
         curve = np.mean([memory_growth(r) for r in rs], axis=0)
         ax.plot(np.arange(1, len(curve) + 1), curve, label=label, **style(i))
     ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
     ax.set_xlabel("number of tasks")
     ax.set_ylabel("total memory (MiB, log scale)")
     ax.set_title(f"{benchmark}: memory growth", fontsize=10)
