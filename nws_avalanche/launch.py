@@ -141,6 +141,8 @@ def launch_local(specs, out: Path, overwrite: bool, opts: SlurmOptions, wait: bo
     ex.update_parameters(timeout_min=opts.time_min, gpus_per_node=opts.gpus_per_node)
     # the job processes must import this checkout, whatever the working directory
     os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    # parallel jobs share this machine's cores: one thread each unless the user chose otherwise
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // opts.array_parallelism)))
     jobs: list = []
     pending = list(specs)
     while pending or any(not j.done() for j in jobs):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import RunConfig, build_config, parse_set
+from .config import FIELD_NAMES, RunConfig, build_config, parse_set
 from .errors import ConfigError
 
 
@@ -81,6 +81,10 @@ def expand_grid(configs: list[str], sets: list[str], methods: list[str], benchma
                 seeds: list[int] | None, sweeps: list[str] = (), data_root: str | None = None) -> list[RunSpec]:
     """Every (benchmark, method, sweep point, seed) as a resolved, validated ``RunSpec``."""
     axes = parse_sweeps(list(sweeps))
+    for key, _ in axes:
+        if not any(_applies_to(key, m) for m in methods):
+            raise ConfigError(f"--sweep {key}: neither a config key nor an option of the methods run "
+                              f"({', '.join(methods)}); config keys: {', '.join(sorted(FIELD_NAMES))}")
     specs, seen = [], set()
     for b in benchmarks:
         for m in methods:
