@@ -116,7 +116,7 @@ def parse_set(item: str) -> dict:
     except yaml.YAMLError:
         value = raw
     parts = key.strip().split(".")
-    if parts[0] not in FIELD_NAMES:
+    if parts[0] not in FIELD_NAMES and len(parts) > 1:
         parts = ["method_options"] + parts  # packnet.prune_ratio -> method_options.packnet.prune_ratio
     out: dict = {}
     cur = out

@@ -72,8 +72,8 @@ except ImportError:  # submitit is only needed by the local and slurm launchers
 class RunJob(_Checkpointable):
     """The callable each job runs; on preemption/timeout submitit requeues it and it resumes."""
 
-    def __init__(self, spec, out: str, overwrite: bool = False):
-        self.spec, self.out, self.overwrite = spec, str(out), overwrite
+    def __init__(self, spec, out: str, overwrite: bool = False, progress: bool | None = False):
+        self.spec, self.out, self.overwrite, self.progress = spec, str(out), overwrite, progress
 
     def __call__(self) -> dict:
         from .runner import run_single
@@ -81,7 +81,7 @@ class RunJob(_Checkpointable):
 
         spec = self.spec
         cbs = wandb_callbacks(spec.cfg, spec.run_dir(self.out), spec.sweep)
-        result = run_single(spec.cfg, Path(self.out), overwrite=self.overwrite, progress=False,
+        result = run_single(spec.cfg, Path(self.out), overwrite=self.overwrite, progress=self.progress,
                             callbacks=cbs, sweep=spec.sweep)
         for cb in cbs:
             cb.finish(result)
@@ -109,7 +109,7 @@ def launch_inline(specs, out: Path, overwrite: bool, opts: SlurmOptions) -> list
     outcomes = []
     for spec in specs:
         print(f"== {spec.name}", flush=True)
-        summary = RunJob(spec, out, overwrite)()
+        summary = RunJob(spec, out, overwrite, progress=None)()  # progress bars on a terminal
         print(f"   average accuracy {summary['average_accuracy']:.2f} %, memory total {summary['total_mib']:.3f} MiB",
               flush=True)
         outcomes.append(Outcome(spec.name, True, summary))

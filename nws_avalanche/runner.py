@@ -51,9 +51,19 @@ def run_dir(out: Path, cfg: RunConfig, sweep: dict | None = None) -> Path:
 def check_names(cfg: RunConfig) -> None:
     from benchmarks import BENCHMARKS
 
+    from .config import method_options
+
     load_all()
-    METHODS.get(cfg.method)
+    cls = METHODS.get(cfg.method)
     BENCHMARKS.get(cfg.benchmark)
+    for name, opts in cfg.method_options.items():
+        if name not in METHODS:
+            raise ConfigError(f"method options given for unknown method {name!r} (--set {name}.KEY=...); "
+                              f"methods: {', '.join(METHODS.names())}")
+        if not isinstance(opts, dict):
+            raise ConfigError(f"method_options.{name} must be a mapping of option: value")
+    if getattr(cls, "Options", None) is not None:
+        method_options(cfg, cfg.method, cls.Options)
 
 
 def _identity(config: dict) -> dict:

@@ -37,7 +37,7 @@ def test_sweep_expands_per_point_and_skips_other_methods_options(tmp_path):
 
 @pytest.mark.parametrize("bad,msg", [(["lr"], "key=v1,v2"), (["lr="], "at least one value"),
                                      (["lr=0.1", "lr=0.2"], "given twice"), (["lr=0.1,0.1"], "repeated value"),
-                                     (["nope=1,2"], "neither a config key")])
+                                     (["nope=1,2"], "neither a config key|unknown config key")])
 def test_bad_sweeps_are_clear_errors(bad, msg):
     from nws_avalanche.errors import ConfigError
 

@@ -48,7 +48,6 @@ def main(args):
     specs = expand_grid(args.config, args.set, methods, benchmarks, seeds, args.sweep, data_root=args.data_root)
     for spec in specs:  # every name and option checked before any job starts
         check_names(spec.cfg)
-        _check_method_options(spec.cfg)
     out = Path(args.out)
     if args.dry_run:
         for spec in specs:
@@ -69,15 +68,6 @@ def main(args):
         path = write_report([out], out / "report")
         print(f"report: {path}")
     return 1 if failed else 0
-
-
-def _check_method_options(cfg) -> None:
-    from ..config import method_options
-    from ..methods import METHODS
-
-    options_cls = getattr(METHODS.get(cfg.method), "Options", None)
-    if options_cls is not None:
-        method_options(cfg, cfg.method, options_cls)
 
 
 command("run", "train and evaluate methods on benchmarks and seeds")((add_arguments, main))
