@@ -113,7 +113,8 @@ def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: boo
     config_yaml = cfg.to_yaml()
     atomic_write_text(rdir / "config.yaml", config_yaml)
     T = len(bench.tasks)
-    write_status(rdir, "running", 0, T)
+    resumed_at = (read_status(rdir) or {}).get("next_task", 0) if (rdir / CHECKPOINT_NAME).is_file() else 0
+    write_status(rdir, "running", resumed_at, T)
     try:
         results = _train(cfg, out, bench, strategy_cls, rdir, art, config_yaml, progress, callbacks, sweep)
     except BaseException as e:
