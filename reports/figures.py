@@ -89,6 +89,7 @@ def slug(text: str) -> str:
 
 def _plain_log_ticks(axis) -> None:
     # matplotlib's default minor labels (4x10^-2 ...) overlap on short log ranges
+    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
@@ -104,6 +105,8 @@ def accuracy_memory_figure(results: list[dict], benchmark: str):
                     xerr=mem.std(ddof=1) if len(rs) > 1 else None, marker=st["marker"], color=st["color"],
                     markerfacecolor=st["markerfacecolor"], markersize=8, capsize=3, linestyle="none", label=label)
     ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(lo / 1.5, hi * 1.5)  # room for the markers and at least two labelled ticks
     _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("total memory (MiB, log scale)")
     ax.set_ylabel("average accuracy (%)")

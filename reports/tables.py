@@ -96,8 +96,9 @@ def _latex_cell(value) -> str:
 
 def to_latex(df: pd.DataFrame, caption: str = "", label: str = "") -> str:
     """A booktabs ``table`` (no jinja2 needed): text columns left, others right aligned."""
-    align = "".join("l" if df[c].dtype == object and not str(df[c].iloc[0]).replace(".", "").isdigit() else "r"
-                    for c in df.columns) if len(df) else "l" * len(df.columns)
+    def numeric(col) -> bool:
+        return pd.api.types.is_numeric_dtype(df[col]) or any("±" in str(v) for v in df[col])
+    align = "".join("r" if numeric(c) else "l" for c in df.columns)
     lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
              " & ".join(_latex_cell(c) for c in df.columns) + r" \\", r"\midrule"]
     lines += [" & ".join(_latex_cell(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
