@@ -51,7 +51,8 @@ def test_local_executor_runs_a_2x2_grid_and_status_lists_it(tmp_path, capsys):
     from reports.load import load_results
     from reports.tables import accuracy_stats
 
-    specs = grid(extra=["slurm.array_parallelism=2"])
+    # a random "pretrained" network: the 4 job processes skip pretraining (their imports cost enough)
+    specs = grid(extra=["slurm.array_parallelism=2", "pretrained=random"])
     assert len(specs) == 4
     outcomes = launch("local", specs, tmp_path)
     assert [o.ok for o in outcomes] == [True] * 4, [o.error for o in outcomes]
