@@ -156,8 +156,22 @@ def launch_local(specs, out: Path, overwrite: bool, opts: SlurmOptions, wait: bo
     return _collect(specs, jobs)
 
 
-def slurm_executor(out: Path, opts: SlurmOptions):
-    ex = _executor("slurm", out)
+def slurm_executor(out: Path, opts: SlurmOptions, dry_run: bool = False):
+    import shutil
+
+    import submitit
+
+    if dry_run:
+        class _Preview(submitit.SlurmExecutor):
+            @classmethod
+            def affinity(cls) -> int:  # builds the sbatch file on machines without Slurm too
+                return 1
+        ex = _Preview(folder=Path(out) / "_submitit" / "%j")
+    else:
+        if shutil.which("srun") is None or shutil.which("sbatch") is None:
+            raise ConfigError("--launcher slurm needs Slurm's sbatch and srun on PATH (run it on the cluster's "
+                              "login node); --dry-run prints the sbatch file anywhere")
+        ex = _executor("slurm", out)
     ex.update_parameters(**opts.executor_parameters())
     return ex
 
@@ -166,7 +180,7 @@ def sbatch_script(specs, out: Path, opts: SlurmOptions) -> str:
     """The sbatch file the slurm launcher submits for ``specs`` (for --dry-run and tests)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    ex = slurm_executor(out, opts)
+    ex = slurm_executor(out, opts, dry_run=True)
     params = dict(ex.parameters)
     if len(specs) > 1:
         params["map_count"] = len(specs)

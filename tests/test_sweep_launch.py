@@ -122,6 +122,20 @@ def test_slurm_submits_the_same_jobs_as_one_array(tmp_path, monkeypatch):
     assert requeued.spec.name == jobs[0].spec.name and requeued.overwrite is False
 
 
+def test_slurm_without_sbatch_is_a_clear_error_but_dry_run_works(tmp_path, monkeypatch, capsys):
+    from nws_avalanche.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun/sbatch here
+    args = ["run", "--methods", "finetune", "--seeds", "0,1", "--out", str(tmp_path / "o"), "--launcher", "slurm",
+            "--set", "slurm.array_parallelism=1", "--set", "slurm.partition=cpu"]
+    assert main(args) == 2
+    assert "needs Slurm's sbatch and srun" in capsys.readouterr().err
+    assert main(args + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --array=0-1%1" in out and "#SBATCH --partition=cpu" in out
+    assert "split-digits/finetune/seed1" in out
+
+
 def test_unknown_slurm_option_is_refused():
     from nws_avalanche.errors import ConfigError
     from nws_avalanche.launch import SlurmOptions
