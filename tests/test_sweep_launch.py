@@ -84,6 +84,24 @@ def test_status_shows_failures_last_lines(tmp_path, capsys):
     assert "RuntimeError: CUDA out of memory" in out
 
 
+def test_status_marks_a_killed_run_as_died(tmp_path, monkeypatch):
+    import subprocess
+
+    from nws_avalanche.atomic import atomic_write_text
+    from nws_avalanche.commands import status
+    from nws_avalanche.runstatus import write_status
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    run = tmp_path / "b" / "m" / "seed0"
+    atomic_write_text(run / "config.yaml", "seed: 0\n")
+    monkeypatch.setattr("os.getpid", lambda: gone.pid)  # as if that process had written "running" and been killed
+    write_status(run, "running", 3, 5)
+    monkeypatch.undo()
+    (row,) = status.collect(tmp_path)
+    assert (row["state"], row["tasks"]) == ("died", "3/5")
+
+
 def _fake_sbatch(tmp_path, monkeypatch):
     bindir = tmp_path / "bin"
     bindir.mkdir()
