@@ -53,7 +53,8 @@ class RunConfig:
     num_workers: int = 0
     benchmark_options: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    wandb: dict[str, Any] = field(default_factory=dict)
+    wandb: dict[str, Any] = field(default_factory=dict)  # mode, project, entity, dir (nws_avalanche.wandb_log)
+    slurm: dict[str, Any] = field(default_factory=dict)  # partition, time_min, ... (nws_avalanche.launch)
 
     def validate(self) -> "RunConfig":
         def need(ok, msg):

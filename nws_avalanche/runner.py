@@ -1,38 +1,51 @@
-"""Runs one (benchmark, method, seed) and writes its folder; ``run_grid`` loops over many.
+"""Runs one (benchmark, method, seed[, sweep point]) and writes its folder.
 
-Folder: ``<out>/<benchmark>/<method>/seed<seed>/`` with ``config.yaml`` (resolved),
-``results.json`` and ``artifacts/`` (one file per task + the assist files). Every accuracy is
-measured on a model rebuilt from the files in ``artifacts/``; memory is their size on disk.
+Folder: ``<out>/<benchmark>/<method>/[<key=value,...>/]seed<seed>/`` with ``config.yaml``
+(resolved), ``status.json``, ``results.json`` and ``artifacts/`` (one file per task + the assist
+files); ``checkpoint.pt`` while the run is unfinished. Every accuracy is measured on a model
+rebuilt from the files in ``artifacts/``; memory is their size on disk.
+
+A rerun skips a finished run and resumes an unfinished one at its next task (``checkpoint.py``);
+a folder holding another resolved config is refused unless ``overwrite``.
 """
 from __future__ import annotations
 
-import random
+import json
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import torch
+import yaml
 
 from benchmarks import build_benchmark, to_avalanche
 from .assets import prepare_assets
 from .atomic import atomic_write_json, atomic_write_text
+from .checkpoint import CHECKPOINT_NAME, Progress, load_checkpoint, restore, save_checkpoint, seed_all, task_seed
 from .config import RunConfig
 from .errors import ConfigError
 from .methods import METHODS, load_all
 from .results import build_results, memory_mib
+from .runstatus import error_tail, read_status, write_status
 from .training import evaluate
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_all(seed)
 
 
-def run_dir(out: Path, cfg: RunConfig) -> Path:
-    return Path(out) / cfg.benchmark / cfg.method / f"seed{cfg.seed}"
+# keys that change how a run is launched or logged, never its results: a rerun may change them
+LAUNCH_KEYS = ("wandb", "slurm")
+
+
+def sweep_label(sweep: dict | None) -> str:
+    """``{"lr": 0.1, "nws.init": "random"}`` -> ``lr=0.1,nws.init=random`` (a folder name)."""
+    return ",".join(f"{k}={v}" for k, v in (sweep or {}).items()).replace("/", "_").replace(" ", "")
+
+
+def run_dir(out: Path, cfg: RunConfig, sweep: dict | None = None) -> Path:
+    base = Path(out) / cfg.benchmark / cfg.method
+    return (base / sweep_label(sweep) if sweep else base) / f"seed{cfg.seed}"
 
 
 def check_names(cfg: RunConfig) -> None:
@@ -53,55 +66,112 @@ def check_names(cfg: RunConfig) -> None:
         method_options(cfg, cfg.method, cls.Options)
 
 
+def _identity(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in LAUNCH_KEYS}
+
+
+def _check_folder(rdir: Path, cfg: RunConfig) -> None:
+    """Refuse a folder that holds another resolved config (the caller handles --overwrite)."""
+    path = rdir / "config.yaml"
+    if not path.is_file():
+        return
+    old = yaml.safe_load(path.read_text()) or {}
+    new = _identity(cfg.to_dict())
+    if _identity(old) != new:
+        diff = sorted(k for k in set(old) | set(new) if k not in LAUNCH_KEYS and old.get(k) != new.get(k))
+        raise ConfigError(f"{rdir} holds a run with a different config (differs in: {', '.join(diff)}); "
+                          f"use another --out, or pass --overwrite to delete that run and start again")
+
+
+def _notify(callbacks, t, acc, strategy, memory) -> None:
+    for cb in callbacks:
+        on_task = getattr(cb, "on_task", None)
+        if on_task is not None:  # richer callbacks (e.g. the wandb logger) also get the memory so far
+            on_task(t, acc, strategy, memory)
+        else:
+            cb(t, acc, strategy)
+
+
 def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: bool | None = None,
-               callbacks=()) -> dict:
+               callbacks=(), sweep: dict | None = None) -> dict:
+    """Run (or resume, or skip when finished) one (benchmark, method, seed[, sweep point])."""
     cfg.validate()
     check_names(cfg)
-    rdir = run_dir(out, cfg)
+    rdir = run_dir(out, cfg, sweep)
     results_path = rdir / "results.json"
-    if results_path.is_file() and not overwrite:
-        existing = (rdir / "config.yaml").read_text() if (rdir / "config.yaml").is_file() else None
-        if existing == cfg.to_yaml():
-            import json
+    if not overwrite:
+        _check_folder(rdir, cfg)
+        if results_path.is_file():
             return json.loads(results_path.read_text())
-        raise ConfigError(f"{rdir} holds a finished run with a different config; "
-                          f"use another --out or pass --overwrite")
+    # Data, pretrained network and pools are all checked before the run folder is touched,
+    # so a bad input never costs an earlier run (not even with --overwrite).
     seed_everything(cfg.seed)
-    bench = build_benchmark(cfg)  # validates data before anything is written
+    bench = build_benchmark(cfg)
     strategy_cls = METHODS.get(cfg.method)
+    needs_pools = strategy_cls.needs_pools
+    assets = prepare_assets(cfg, bench, Path(out) / cfg.benchmark / "_assist", need_pools=needs_pools)
     if overwrite and rdir.exists():
+        _check_is_run_folder(rdir)
         shutil.rmtree(rdir)
     art = rdir / "artifacts"
     art.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(rdir / "config.yaml", cfg.to_yaml())
-    needs_pools = getattr(strategy_cls, "needs_pools", cfg.method == "nws")
-    assets = prepare_assets(cfg, bench, Path(out) / cfg.benchmark / "_assist", need_pools=needs_pools)
-    if assets.pools is not None and needs_pools:
+    config_yaml = cfg.to_yaml()
+    atomic_write_text(rdir / "config.yaml", config_yaml)
+    T = len(bench.tasks)
+    resumed_at = (read_status(rdir) or {}).get("next_task", 0) if (rdir / CHECKPOINT_NAME).is_file() else 0
+    write_status(rdir, "running", resumed_at, T)
+    try:
+        results = _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks, sweep)
+    except BaseException as e:
+        write_status(rdir, "failed", (read_status(rdir) or {}).get("next_task", 0), T, error_tail(e))
+        raise
+    atomic_write_json(results_path, results)
+    write_status(rdir, "finished", T, T)
+    (rdir / CHECKPOINT_NAME).unlink(missing_ok=True)  # results.json and artifacts/ now hold everything
+    return results
+
+
+def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks, sweep) -> dict:
+    if assets.pools is not None and not (art / "pools.nwsp").is_file():
         shutil.copyfile(assets.pool_path, art / "pools.nwsp")
     seed_everything(cfg.seed)
     task_classes = [t.num_classes for t in bench.tasks]
     strategy = strategy_cls(cfg=cfg, assets=assets, task_classes=task_classes, progress=progress)
     scenario = to_avalanche(bench)
     T = len(bench.tasks)
-    acc = [[None] * T for _ in range(T)]
-    task_files: list[list[Path]] = []
-    summaries, times = [], []
+    ckpt = load_checkpoint(rdir)
+    state = restore(ckpt, strategy) if ckpt else Progress(num_tasks=T)
+    acc = state.acc
     for t, exp in enumerate(scenario.train_stream):
+        if t < state.next_task:
+            continue
+        seed_everything(task_seed(cfg.seed, t))  # same batches for task t whether or not the run resumed
         start = time.perf_counter()
         # worker processes decode images in parallel; persistent so they are forked once per task
         strategy.train(exp, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-        times.append(time.perf_counter() - start)
-        task_files.append(strategy.export_task(t, art))
-        summaries.append(strategy.task_summary(t))
+        state.train_seconds.append(time.perf_counter() - start)
+        state.task_files.append([p.name for p in strategy.export_task(t, art)])
+        state.summaries.append(strategy.task_summary(t))
         for j in range(t + 1):
             model = strategy.rebuild_task(j, art)
             acc[t][j] = evaluate(model, bench.tasks[j].test, cfg.eval_batch_size, cfg.device, cfg.num_workers)
-        for cb in callbacks:
-            cb(t, acc, strategy)
-    results = build_results(cfg, bench.task_names, acc, memory_mib(task_files, strategy.assist_files(art)),
-                            summaries, times)
-    atomic_write_json(results_path, results)
+        state.next_task = t + 1
+        save_checkpoint(rdir, strategy, state, config_yaml)
+        write_status(rdir, "running", t + 1, T)
+        memory = memory_mib([[art / n for n in f] for f in state.task_files], strategy.assist_files(art))
+        _notify(callbacks, t, acc, strategy, memory)
+    memory = memory_mib([[art / n for n in f] for f in state.task_files], strategy.assist_files(art))
+    results = build_results(cfg, bench.task_names, acc, memory, state.summaries, state.train_seconds)
+    if sweep:
+        results["sweep"] = dict(sweep)
     return results
+
+
+def _check_is_run_folder(rdir: Path) -> None:
+    # --overwrite deletes a folder: only ever one that this runner wrote
+    if not (rdir / "config.yaml").is_file() and any(rdir.iterdir()):
+        raise ConfigError(f"--overwrite would delete {rdir}, which is not a run folder (no config.yaml); "
+                          f"remove it by hand or choose another --out")
 
 
 def expand_runs(base: RunConfig, methods: list[str], benchmarks: list[str], seeds: list[int]) -> list[RunConfig]:

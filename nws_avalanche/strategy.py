@@ -30,6 +30,8 @@ class NWSOptions:
 class NWS(TaskIncrementalStrategy):
     name = "nws"
     Options = NWSOptions
+    needs_pools = True
+    checkpoint_attrs = ("plugin.tasks_seen",)
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, "nws", NWSOptions)

@@ -7,10 +7,16 @@ is the task-incremental contract the runner relies on:
   adaptation at each task boundary, training only; then a fresh optimiser is built);
 - ``export_task(t, dir)`` writes what task ``t`` really stores and returns the file(s);
 - ``rebuild_task(t, dir)`` rebuilds task ``t``'s model from those files alone;
-- ``assist_files(dir)`` lists what all tasks share (counted once in memory).
+- ``assist_files(dir)`` lists what all tasks share (counted once in memory);
+- ``checkpoint_state(t)`` / ``restore_checkpoint_state(state)`` save and restore the state after
+  task ``t`` so an interrupted run resumes exactly (see ``nws_avalanche.checkpoint``). The default
+  keeps the model's state_dict, the optimiser's, Avalanche's clock and the attributes named in
+  ``checkpoint_attrs`` (dotted paths, e.g. ``"plugin.tasks_seen"``); a method with other state
+  overrides ``extra_state()`` / ``load_extra_state()``.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -28,6 +34,8 @@ class EmptyOptions:
 class TaskIncrementalStrategy(SupervisedTemplate):
     name = "base"
     Options = None  # a dataclass of method-specific options, or None
+    needs_pools = False  # True: the runner prepares kernel pools (assets.pools) for this method
+    checkpoint_attrs: tuple[str, ...] = ()  # dotted attribute paths resumed with the model
 
     def __init__(self, *, cfg, assets, task_classes: list[int], model: nn.Module, plugins=(), options=None,
                  progress: bool | None = None):
@@ -74,9 +82,46 @@ class TaskIncrementalStrategy(SupervisedTemplate):
         """Method-specific per-task facts for results.json (e.g. NWS index counts)."""
         return {}
 
+    # -- checkpoint hook (resume after an interruption) ------------------------------------------
+    def checkpoint_state(self, t: int) -> dict:
+        """Everything needed to continue after task ``t`` (tensors and plain Python values)."""
+        return {"task": t, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "clock": {k: v for k, v in vars(self.clock).items() if isinstance(v, (int, float))},
+                "extra": self.extra_state()}
+
+    def restore_checkpoint_state(self, state: dict) -> None:
+        t = state["task"]
+        if t > 0:  # give the model task t's shape (e.g. its head size) before loading its tensors
+            self.prepare_task(t, self.task_classes[t])
+        self.model.load_state_dict(state["model"])
+        self.model.to(self.device)
+        self.make_optimizer()
+        saved = state.get("optimizer", {}).get("param_groups", [])
+        own = self.optimizer.state_dict()["param_groups"]
+        # each task builds a fresh optimiser; restore it only when it has the same parameter layout
+        if [len(g["params"]) for g in saved] == [len(g["params"]) for g in own]:
+            self.optimizer.load_state_dict(state["optimizer"])
+        for k, v in state.get("clock", {}).items():
+            setattr(self.clock, k, v)
+        self.load_extra_state(state.get("extra", {}))
+
+    def extra_state(self) -> dict:
+        return {path: copy.deepcopy(_get_path(self, path)) for path in self.checkpoint_attrs}
+
+    def load_extra_state(self, extra: dict) -> None:
+        for path, value in extra.items():
+            head, _, last = path.rpartition(".")
+            setattr(_get_path(self, head) if head else self, last, value)
+
     @staticmethod
     def task_file(directory: Path, t: int, suffix: str) -> Path:
         return Path(directory) / f"task{t:03d}.{suffix}"
+
+
+def _get_path(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def fresh_head(in_features: int, num_classes: int, seed: int) -> nn.Linear:

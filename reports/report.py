@@ -1,13 +1,50 @@
-"""``write_report``: tables (Markdown, CSV) and NWS selection-rate figures from results.json files."""
+"""``write_report``: tables (Markdown, CSV, LaTeX), figures (PNG + PDF) and ``report.md`` from
+results.json files alone (no retraining, any mix of methods, benchmarks, seeds and sweep points).
+
+Files in the report folder:
+- ``accuracy.{md,csv,tex}``, ``memory.{md,csv,tex}`` (CSV: numeric mean and std columns);
+- ``accuracy_vs_memory_<benchmark>``, ``memory_growth_<benchmark>``: one point/curve per method;
+- ``accuracy_matrix_<benchmark>_<method>``: the accuracy matrix heat map (mean over seeds);
+- NWS-style runs (with ``selection_counts``): ``pool_utilisation_<...>`` and
+  ``selection_<...>_task<t>`` (kernel-index selection rate per task and layer, first seed);
+- ``report.md`` putting them together with the run configuration.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from nws_avalanche.atomic import atomic_write_text
 
-from .figures import save_figure, selection_rate_figure, selection_rates
+from .figures import (accuracy_heatmap_figure, accuracy_memory_figure, groups, has_selection_counts,
+                      memory_growth_figure, pool_utilisation, pool_utilisation_figure, save_figure,
+                      selection_rate_figure, selection_rates, slug)
 from .load import load_results
-from .tables import accuracy_table, memory_table
+from .tables import accuracy_stats, accuracy_table, memory_stats, memory_table, sweep_keys, to_latex
+
+# per-run keys that differ by design and are shown elsewhere
+RUN_KEYS = ("benchmark", "method", "seed")
+
+
+def configuration(results: list[dict]) -> tuple[dict, dict]:
+    """(keys shared by every run, key -> sorted distinct values for keys that differ)."""
+    configs = [{k: v for k, v in r.get("config", {}).items() if k not in RUN_KEYS} for r in results]
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    shared, varying = {}, {}
+    for k in keys:
+        values = {yaml.safe_dump(c.get(k), default_flow_style=True).strip() for c in configs}
+        if len(values) == 1:
+            shared[k] = configs[0].get(k)
+        else:
+            varying[k] = sorted(values)
+    return shared, varying
+
+
+def _fig(out: Path, stem: str, fig, lines: list[str], caption: str) -> list[Path]:
+    paths = save_figure(fig, out / stem)
+    lines += [f"![{caption}]({paths[0].name})", "", f"*{caption}* ([PDF]({paths[1].name}))", ""]
+    return paths
 
 
 def write_report(roots, out: Path) -> Path:
@@ -15,22 +52,63 @@ def write_report(roots, out: Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     acc, mem = accuracy_table(results), memory_table(results)
-    atomic_write_text(out / "accuracy.csv", acc.to_csv(index=False))
-    atomic_write_text(out / "memory.csv", mem.to_csv(index=False))
+    atomic_write_text(out / "accuracy.csv", accuracy_stats(results).to_csv(index=False))
+    atomic_write_text(out / "memory.csv", memory_stats(results).to_csv(index=False))
     atomic_write_text(out / "accuracy.md", acc.to_markdown(index=False) + "\n")
     atomic_write_text(out / "memory.md", mem.to_markdown(index=False) + "\n")
-    lines = ["# Report", "", "## Accuracy (%)", "", acc.to_markdown(index=False), "",
-             "## Memory (MiB)", "", mem.to_markdown(index=False), ""]
-    for r in results:
-        df = selection_rates(r)
-        if df.empty:
-            continue
-        stem = f"selection_{r['benchmark']}_{r['method']}_seed{r['seed']}"
-        atomic_write_text(out / f"{stem}.csv", df.to_csv(index=False))
-        lines += [f"## Kernel-index selection rate: {r['benchmark']} / {r['method']} / seed {r['seed']}", ""]
-        for t in sorted(df.task.unique()):
-            fig = selection_rate_figure(df, t, f"{r['method']} {r['benchmark']} seed {r['seed']}: task {t}")
-            png, _ = save_figure(fig, out / f"{stem}_task{t:02d}")
-            lines.append(f"![task {t}]({png.name})")
+    atomic_write_text(out / "accuracy.tex", to_latex(acc, "Final accuracy (%) per task and average, "
+                                                          "mean ± std over seeds", "tab:accuracy"))
+    atomic_write_text(out / "memory.tex", to_latex(mem, "Memory (MiB): per task, assist, total; "
+                                                        "mean ± std over seeds", "tab:memory"))
+    benchmarks = sorted({r["benchmark"] for r in results})
+    seeds = sorted({r["seed"] for r in results})
+    swept = sweep_keys(results)
+    lines = ["# Report", "",
+             f"{len(results)} runs: benchmarks {', '.join(benchmarks)}; seeds {', '.join(map(str, seeds))}"
+             + (f"; swept keys {', '.join(swept)}" if swept else "") + ".", "",
+             "## Accuracy (%)", "",
+             "Final accuracy on every task after the last task, and their average; mean ± std (sample std) "
+             "over seeds. Files: accuracy.md, accuracy.csv, accuracy.tex.", "",
+             acc.to_markdown(index=False), "",
+             "## Memory (MiB)", "",
+             "Size on disk of what each task stores (mean per task), of the files all tasks share (assist), "
+             "and in total. Files: memory.md, memory.csv, memory.tex.", "",
+             mem.to_markdown(index=False), "", "## Figures", ""]
+    for b in benchmarks:
+        lines += [f"### {b}", ""]
+        _fig(out, f"accuracy_vs_memory_{slug(b)}", accuracy_memory_figure(results, b), lines,
+             f"{b}: average accuracy vs total memory per method (mean ± std over seeds)")
+        _fig(out, f"memory_growth_{slug(b)}", memory_growth_figure(results, b), lines,
+             f"{b}: total memory after each task per method")
+        for (gb, label), rs in groups(results).items():
+            if gb != b:
+                continue
+            stem = slug(f"{b}_{label}")
+            n = f"{len(rs)} seed{'s' if len(rs) > 1 else ''}"
+            _fig(out, f"accuracy_matrix_{stem}", accuracy_heatmap_figure(rs, f"{label}, {b} ({n})"), lines,
+                 f"{label}: accuracy on task j (column) after training task i (row), mean over {n}")
+            if not has_selection_counts(rs[0]):
+                continue
+            util = pool_utilisation(rs[0])
+            atomic_write_text(out / f"pool_utilisation_{stem}.csv", util.to_csv(index=False))
+            _fig(out, f"pool_utilisation_{stem}", pool_utilisation_figure(rs, f"{label}, {b} ({n})"), lines,
+                 f"{label}: fraction of each layer's pool entries selected per task, mean over {n}")
+            r = rs[0]
+            df = selection_rates(r)
+            atomic_write_text(out / f"selection_{stem}_seed{r['seed']}.csv", df.to_csv(index=False))
+            lines += [f"Kernel-index selection rate per layer ({label}, seed {r['seed']}):", ""]
+            for t in sorted(df.task.unique()):
+                fig = selection_rate_figure(df, t, f"{label} {b} seed {r['seed']}: task {t}")
+                png, _ = save_figure(fig, out / f"selection_{stem}_seed{r['seed']}_task{t:02d}")
+                lines.append(f"![task {t}]({png.name})")
+            lines.append("")
+    shared, varying = configuration(results)
+    lines += ["## Run configuration", ""]
+    if varying:
+        lines += ["Keys that differ between runs:", ""]
+        lines += [f"- `{k}`: {', '.join(f'`{v}`' for v in vs)}" for k, vs in varying.items()]
         lines.append("")
-    return atomic_write_text(out / "report.md", "\n".join(lines))
+    lines += ["Shared by every run:", "", "```yaml", yaml.safe_dump(shared, sort_keys=False).rstrip(), "```", "",
+              "Runs:", ""]
+    lines += [f"- `{Path(r['_path']).parent}`" for r in results]
+    return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -1,4 +1,5 @@
-"""``nws-bench run``: train and evaluate methods x benchmarks x seeds, then write the report."""
+"""``nws-bench run``: train and evaluate methods x benchmarks x seeds (x sweep points), then write the
+report. Reruns skip finished runs and resume unfinished ones; ``--launcher`` picks where jobs run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,51 +20,54 @@ def add_arguments(p):
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.add_argument("--config", action="append", default=[], help="YAML file or preset name (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="one run folder per value (repeatable: the grid of all combinations); any --set key")
     p.add_argument("--data-root", default=None, help="root folder of the benchmark's data")
-    p.add_argument("--overwrite", action="store_true", help="replace runs whose folder holds another config")
+    p.add_argument("--launcher", default="inline", choices=["inline", "local", "slurm"],
+                   help="inline: here, one after the other; local: one process per run (submitit); "
+                        "slurm: a Slurm job array (submitit; options from the config's slurm section)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs (and the sbatch file for slurm), run nothing")
+    p.add_argument("--overwrite", action="store_true", help="delete and redo runs whose folder holds another config")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
 
 
 def main(args):
+    from ..launch import SlurmOptions, launch, sbatch_script
     from ..methods import METHODS, load_all
-    from ..runner import expand_runs, run_single
+    from ..runner import check_names
+    from ..sweep import expand_grid
 
     load_all()
     methods = _csv(args.methods) or METHODS.names()
     base = build_config(args.config, args.set, data_root=args.data_root)
     benchmarks = _csv(args.benchmark) or [base.benchmark]
     try:
-        seeds = [int(s) for s in _csv(args.seeds)] or [base.seed]
+        seeds = [int(s) for s in _csv(args.seeds)] or None
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    runs = []
-    for b in benchmarks:  # benchmark presets apply per benchmark
-        cfg_b = build_config(args.config, args.set, data_root=args.data_root, benchmark=b)
-        runs += expand_runs(cfg_b, methods, [b], seeds)
-    for cfg in runs:
-        cfg.validate()
-    from ..runner import check_names
-    for cfg in runs:
-        check_names(cfg)
+    specs = expand_grid(args.config, args.set, methods, benchmarks, seeds, args.sweep, data_root=args.data_root)
+    for spec in specs:  # every name and option checked before any job starts
+        check_names(spec.cfg)
     out = Path(args.out)
-    rows = []
-    for cfg in runs:
-        print(f"== {cfg.benchmark} / {cfg.method} / seed {cfg.seed}", flush=True)
-        r = run_single(cfg, out, overwrite=args.overwrite)
-        rows.append(r)
-        print(f"   average accuracy {r['average_accuracy']:.2f} %, memory total {r['memory_mib']['total']:.3f} MiB",
-              flush=True)
-    print()
-    print(f"{'benchmark':<16}{'method':<10}{'seed':>5}{'avg acc %':>11}{'MiB/task':>10}{'total MiB':>11}")
-    for r in rows:
-        per = r["memory_mib"]["per_task"]
-        print(f"{r['benchmark']:<16}{r['method']:<10}{r['seed']:>5}{r['average_accuracy']:>11.2f}"
-              f"{sum(per) / len(per):>10.4f}{r['memory_mib']['total']:>11.4f}")
-    if not args.no_report:
+    if args.dry_run:
+        for spec in specs:
+            print(f"{spec.name}  ->  {spec.run_dir(out)}")
+        if args.launcher == "slurm":
+            print(sbatch_script(specs, out, SlurmOptions.from_config(specs[0].cfg.slurm)))
+        return 0
+    outcomes = launch(args.launcher, specs, out, overwrite=args.overwrite)
+    failed = [o for o in outcomes if not o.ok]
+    for o in failed:
+        print(f"FAILED {o.name}:\n{o.error}")
+    if args.launcher == "slurm":
+        print(f"\n{len(outcomes)} jobs submitted; follow them with: nws-bench status {out}")
+        return 0
+    print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} runs finished")
+    if not args.no_report and len(failed) < len(outcomes):
         from reports.report import write_report
         path = write_report([out], out / "report")
-        print(f"\nreport: {path}")
-    return 0
+        print(f"report: {path}")
+    return 1 if failed else 0
 
 
 command("run", "train and evaluate methods on benchmarks and seeds")((add_arguments, main))
