@@ -84,9 +84,14 @@ class PoolSet:
                                 f"(this version reads {POOL_FORMAT}); rebuild the pools")
         return cls(header["arch"], header["layers"], unpack_state(header["tables"], blobs, "pool/"))
 
-    def check_model(self, model: nn.Module, source: str = "pool file", include_head: bool = True) -> None:
+    @property
+    def group_sizes(self) -> dict[str, int]:
+        return {s["name"]: s["group_size"] for s in self.specs}
+
+    def check_model(self, model: nn.Module, source: str = "pool file", include_head: bool = True,
+                    group_sizes: dict[str, int] | None = None) -> None:
         """Raise a ConfigError naming the first layer whose pool does not fit ``model``."""
-        want = {s["name"]: s for s in layer_specs(model, include_head)}
+        want = {s["name"]: s for s in layer_specs(model, include_head, group_sizes)}
         have = {s["name"]: s for s in self.specs}
         for name, s in want.items():
             if name not in have:
