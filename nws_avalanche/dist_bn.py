@@ -10,7 +10,26 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.nn.functional import all_reduce
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of a sum is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    return _AllReduceSum.apply(x)
 
 
 class DistBatchNorm2d(nn.BatchNorm2d):

@@ -265,6 +265,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     data = image_folder(cfg)
     num_classes = len(data.classes)
     model, gs = build_nws_model(cfg, num_classes)
+    if d.world > 1:  # before the optimiser is built: conversion creates new BN parameters
+        model = convert_bn(model, device_type)
     ema = PoolEMA(model, EMAConfig(cfg.decay, cfg.eps, cfg.revive_fraction))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
@@ -283,8 +285,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
         sched.load_state_dict(blob["scheduler"])
         scaler.load_state_dict(blob["scaler"])
         history, start_epoch = blob["history"], blob["epoch"]
-    if d.world > 1:
-        model = convert_bn(model, device_type)
     model.to(device)
     _move_optimizer(opt, device)
     ema = _rebind(ema, model, device)
@@ -359,7 +359,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             dist.barrier()
     done = (history[-1]["epoch"] if history else 0) >= cfg.epochs
     summary = {"epochs_done": history[-1]["epoch"] if history else 0, "finished": done, "history": history,
-               "world_size": d.world, "out": str(out)}
+               "world_size": d.world, "rank": d.rank, "out": str(out)}
     if done and d.main:
         arch_pools = PoolSet(cfg.arch, layer_specs(model, True, gs),
                              {name: m.pool.detach().cpu().clone() for name, m in nws_layers(model)})

@@ -45,6 +45,8 @@ def main(args):
     kw = {f.name: getattr(args, f.name) for f in fields(PretrainConfig) if f.name != "progress"}
     cfg = PretrainConfig(**kw, progress=False if args.no_progress else None)
     summary = pretrain(cfg)
+    if summary["rank"] != 0:
+        return 0
     if summary["finished"]:
         print(f"pools: {cfg.out}/pools.nwsp\npretrained network: {cfg.out}/pretrained.pt")
     else:
