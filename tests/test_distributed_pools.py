@@ -47,6 +47,15 @@ def _worker(rank, world, port, cfg, result_dir):
     torch.distributed.destroy_process_group()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the test machine's cores are shared: intra-op threads only add contention at these sizes
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("imgs"))
@@ -55,7 +64,9 @@ def folder(tmp_path_factory):
 def test_two_processes_match_one_process(folder, tmp_path):
     one = pretrain(tiny_cfg(folder, tmp_path / "one"))
     cfg2 = tiny_cfg(folder, tmp_path / "two")
-    mp.spawn(_worker, args=(2, _free_port(), cfg2, str(tmp_path)), nprocs=2, join=True)
+    # fork: the children inherit the imported modules (spawn re-imports torch: ~30 s on a busy machine)
+    mp.start_processes(_worker, args=(2, _free_port(), cfg2, str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
     r0 = torch.load(tmp_path / "pools-rank0.pt")
     r1 = torch.load(tmp_path / "pools-rank1.pt")
     assert set(r0) == set(one["pools"])
