@@ -185,7 +185,7 @@ def kmeans_pools(model: nn.Module, K: int, group_sizes: dict[str, int], seed: in
     pools = {}
     for i, s in enumerate(layer_specs(model, True, group_sizes)):
         w = layer_vectors(model.get_submodule(s["name"]), s["group_size"])
-        pools[s["name"]] = kmeans(w, K, iters=10, seed=seed + i, init_sample=20000)
+        pools[s["name"]] = kmeans(w, K, iters=10, seed=seed + i, init_sample=4096, fit_sample=16384)
     return pools
 
 
@@ -233,7 +233,7 @@ def save_checkpoint(path: Path, blob: dict) -> None:
 def load_checkpoint(path: Path, cfg: PretrainConfig) -> dict | None:
     if not path.is_file():
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
     if blob.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path}: checkpoint format {blob.get('format')} is not {CHECKPOINT_FORMAT}; "
                           f"use another --out")

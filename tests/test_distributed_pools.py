@@ -99,3 +99,26 @@ def test_resume_refuses_other_settings(folder, tmp_path):
     pretrain(tiny_cfg(folder, tmp_path, epochs=2, stop_after=1))
     with pytest.raises(ConfigError, match="pool_size"):
         pretrain(tiny_cfg(folder, tmp_path, epochs=2, pool_size=16))
+
+
+def test_outputs_feed_runs_and_a_second_pretraining(folder, tmp_path):
+    from nws_avalanche.assets import load_torchvision_state
+    from nws_avalanche.kmeans import quantisation_error
+    from nws_avalanche.models import build_arch
+    from nws_avalanche.pools import layer_vectors
+
+    pretrain(tiny_cfg(folder, tmp_path / "a", epochs=1))
+    pools = PoolSet.load(tmp_path / "a" / "pools.nwsp")
+    state, classes = load_torchvision_state(str(tmp_path / "a" / "pretrained.pt"), build_arch("resnet-tiny", 1))
+    model = build_arch("resnet-tiny", classes)
+    model.load_state_dict(state)
+    pools.check_model(model)
+    for spec in pools.specs:  # the saved kernels are the quantised ones: pool rows exactly
+        w = layer_vectors(model.get_submodule(spec["name"]), spec["group_size"])
+        assert quantisation_error(w, pools.tables[spec["name"]]) == 0.0, spec["name"]
+    # pool file: only the tables (K x d float32 each) and a header, no EMA statistics
+    table_bytes = sum(t.numel() * 4 for t in pools.tables.values())
+    assert (tmp_path / "a" / "pools.nwsp").stat().st_size < 2 * table_bytes + 16384
+    # from a checkpoint: its kernels, pools by k-means of them
+    again = pretrain(tiny_cfg(folder, tmp_path / "b", epochs=1, init=str(tmp_path / "a" / "pretrained.pt")))
+    assert again["finished"]
