@@ -128,3 +128,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
         P.pretrain(tiny_cfg(data, tmp_path / "o", epochs=3))
     assert ckpt.read_bytes() == before
     assert not (tmp_path / "o" / "pools.nwsp").exists()
+
+
+def test_mixed_precision_pretraining_keeps_float32_pools(tmp_path):
+    from test_distributed_pools import make_folder, tiny_cfg
+    from nws_avalanche.pretrain import pretrain
+
+    data = make_folder(tmp_path / "imgs", per_class=4)
+    out = pretrain(tiny_cfg(data, tmp_path / "o", epochs=1, amp="bf16"))
+    assert out["finished"]
+    for name, pool in out["pools"].items():
+        assert pool.dtype == torch.float32 and torch.isfinite(pool).all(), name
