@@ -325,8 +325,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 dist.all_reduce(stats)
             if stats[3] > 0:
                 raise TrainingDiverged(
-                    f"non-finite loss at epoch {epoch + 1}, step {step + 1} (CE {float(ce):.4g}, "
-                    f"commitment {float(commit):.4g}); training stopped. The last good checkpoint "
+                    f"non-finite loss at epoch {epoch + 1}, step {step + 1} (CE {float(ce.detach()):.4g}, "
+                    f"commitment {float(commit.detach()):.4g}); training stopped. The last good checkpoint "
                     f"{ckpt_path if ckpt_path.is_file() else '(none yet)'} is intact; lower --lr"
                     f"{' or use --amp bf16/off' if cfg.amp == 'fp16' else ''} and rerun to resume")
             opt.zero_grad(set_to_none=True)

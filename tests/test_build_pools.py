@@ -76,7 +76,8 @@ def test_runner_uses_given_pool_file_and_rejects_a_mismatch(ckpt, tmp_path, caps
     pools = tmp_path / "p.nwsp"
     build(ckpt, pools)
     common = ["run", "--methods", "nws", "--no-report", "--set", "epochs=1", "--set", "arch=resnet-tiny",
-              "--set", "pool_size=8", "--set", f"pretrained={ckpt}", "--set", "benchmark_options.tasks=2"]
+              "--set", "pool_size=8", "--set", f"pretrained={ckpt}", "--set", "benchmark_options.tasks=2",
+              "--set", "benchmark_options.image_size=8"]
     # a pool file for another architecture: refused before training, naming the layer
     other = tmp_path / "other.nwsp"
     torch.manual_seed(0)
