@@ -95,3 +95,17 @@ def test_runner_uses_given_pool_file_and_rejects_a_mismatch(ckpt, tmp_path, caps
     assert code == 0
     copied = list((tmp_path / "good").rglob("artifacts/pools.nwsp"))
     assert copied and copied[0].read_bytes() == pools.read_bytes()
+
+
+def test_one_dimensional_search_matches_exhaustive_search():
+    """d = 1 pools (1x1 convs, the head) use a sorted search: same indices as float64 brute force,
+    duplicates in the pool and points exactly midway included (lowest index wins)."""
+    from nws_avalanche.search import exact_rows, nearest
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        K = int(torch.randint(2, 40, (1,), generator=g))
+        pool = torch.randint(-5, 6, (K, 1), generator=g).float() * 0.5
+        w = torch.cat([torch.randint(-14, 15, (300, 1), generator=g).float() * 0.25,
+                       torch.randn(300, 1, generator=g) * 4])
+        assert torch.equal(nearest(w, pool), exact_rows(w, pool))
