@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .errors import ConfigError
-from .layers import NWSConv2d, NWSLinear
+from .layers import NWSLinear
 from .nwsify import convertible_layers
 
 

@@ -22,8 +22,6 @@ uninterrupted one.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
+from torchvision import datasets
 
 from .assets import load_torchvision_state
 from .atomic import atomic_write, atomic_write_json
@@ -108,9 +107,24 @@ class PretrainConfig:
 
 
 # -- data -------------------------------------------------------------------------------------
+class LimitedImageFolder(datasets.ImageFolder):
+    """ImageFolder over the first ``max_classes`` class folders (sorted); module-level so that
+    DataLoader workers can pickle it."""
+
+    def __init__(self, root, transform=None, max_classes=None):
+        self.max_classes = max_classes
+        super().__init__(root, transform=transform)
+
+    def find_classes(self, directory):
+        classes, _ = super().find_classes(directory)
+        if self.max_classes:
+            classes = classes[: self.max_classes]
+        return classes, {c: i for i, c in enumerate(classes)}
+
+
 def image_folder(cfg: PretrainConfig) -> Dataset:
     """``<root>/<class>/<image>``; train transforms with ImageNet normalisation."""
-    from torchvision import datasets, transforms as T
+    from torchvision import transforms as T
 
     root = Path(cfg.data)
     if not root.is_dir():
@@ -121,15 +135,8 @@ def image_folder(cfg: PretrainConfig) -> Dataset:
         aug = [T.Resize(cfg.image_size), T.CenterCrop(cfg.image_size)]
     tf = T.Compose([*aug, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
-    class Folder(datasets.ImageFolder):
-        def find_classes(self, directory):
-            classes, _ = super().find_classes(directory)
-            if cfg.max_classes:
-                classes = classes[: cfg.max_classes]
-            return classes, {c: i for i, c in enumerate(classes)}
-
     try:
-        ds = Folder(str(root), transform=tf)
+        ds = LimitedImageFolder(str(root), transform=tf, max_classes=cfg.max_classes)
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"{root}: not a usable image folder ({e}); expected <root>/<class>/<image>") from None
     if len(ds.classes) < 2:
