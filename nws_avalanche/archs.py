@@ -64,6 +64,7 @@ class MobileNetV2(FeaturesHead):
 
 class VGG16(FeaturesHead):
     state_drop_prefixes = ("classifier.",)
+    min_input_size = 32  # five 2x2 max-pools
 
 
 @ARCHS.register("resnet34")

@@ -272,6 +272,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
     data = image_folder(cfg)
     num_classes = len(data.classes)
     model, gs = build_nws_model(cfg, num_classes)
+    if cfg.image_size < getattr(model, "min_input_size", 1):
+        raise ConfigError(f"arch {cfg.arch} needs images of at least {model.min_input_size} px "
+                          f"(got --image-size {cfg.image_size})")
     if d.world > 1:  # before the optimiser is built: conversion creates new BN parameters
         model = convert_bn(model, device_type)
     ema = PoolEMA(model, EMAConfig(cfg.decay, cfg.eps, cfg.revive_fraction))
