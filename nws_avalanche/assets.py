@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from .atomic import atomic_write
 from .errors import ConfigError
+from .grouping import group_sizes_for
 from .models import build_arch
 from .pools import PoolSet, build_pools_kmeans
 
@@ -51,13 +52,32 @@ def load_torchvision_state(path: str, model: nn.Module) -> tuple[dict, int]:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = adapt_torchvision_keys(state, model)
     state.pop("fc.bias", None)  # the paper's head has no bias
     own = model.state_dict()
     bad = [k for k in own if k != "fc.weight" and (k not in state or state[k].shape != own[k].shape)]
     if bad:
         raise ConfigError(f"{p} does not fit the architecture: first mismatching entry {bad[0]!r}")
-    classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1
-    return state, classes
+    if "fc.weight" not in state:  # e.g. VGG-16, whose three FC layers are not ours: a 1-class head
+        state["fc.weight"] = own["fc.weight"][:1].clone()
+    return state, state["fc.weight"].shape[0]
+
+
+def adapt_torchvision_keys(state: dict, model: nn.Module) -> dict:
+    """Apply the architecture's renames (``state_renames``, prefix -> prefix) and drop the entries
+    it does not use (``state_drop_prefixes``), e.g. MobileNet-V2's ``classifier.1.`` -> ``fc.``."""
+    renames = getattr(model, "state_renames", {})
+    drops = tuple(getattr(model, "state_drop_prefixes", ()))
+    out = {}
+    for k, v in state.items():
+        if drops and k.startswith(drops):
+            continue
+        for old, new in renames.items():
+            if k.startswith(old):
+                k = new + k[len(old):]
+                break
+        out[k] = v
+    return out
 
 
 def pretrain_network(cfg, bench) -> tuple[dict, int]:
@@ -108,7 +128,7 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool) -> Assets:
         if cfg.pool_file:
             pool_path = Path(cfg.pool_file)
             pools = PoolSet.load(pool_path)
-            pools.check_model(model, source=str(pool_path))
+            pools.check_model(model, source=str(pool_path), group_sizes=group_sizes_for(model, cfg.group_size))
         else:
             key = _key({**pre_key, "bench": bench.name, "K": cfg.pool_size, "it": cfg.kmeans_iters,
                         "gs": cfg.group_size, "seed": cfg.seed})
@@ -116,6 +136,7 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool) -> Assets:
             if pool_path.is_file():
                 pools = PoolSet.load(pool_path)
             else:
-                pools = build_pools_kmeans(model, cfg.arch, cfg.pool_size, seed=cfg.seed, iters=cfg.kmeans_iters)
+                pools = build_pools_kmeans(model, cfg.arch, cfg.pool_size, seed=cfg.seed, iters=cfg.kmeans_iters,
+                                           group_sizes=group_sizes_for(model, cfg.group_size))
                 pools.save(pool_path)
     return Assets(cfg.arch, bench.in_channels, state, classes, pools, pool_path)

@@ -105,3 +105,6 @@ def get_head(model: nn.Module) -> nn.Module:
 
 def set_head(model: nn.Module, head: nn.Module) -> None:
     setattr(model, head_name(model), head)
+
+
+from . import archs  # noqa: E402,F401  registers resnet34, mobilenet_v2, vgg16 (needs ARCHS and ResNet above)

@@ -84,9 +84,14 @@ class PoolSet:
                                 f"(this version reads {POOL_FORMAT}); rebuild the pools")
         return cls(header["arch"], header["layers"], unpack_state(header["tables"], blobs, "pool/"))
 
-    def check_model(self, model: nn.Module, source: str = "pool file", include_head: bool = True) -> None:
+    @property
+    def group_sizes(self) -> dict[str, int]:
+        return {s["name"]: s["group_size"] for s in self.specs}
+
+    def check_model(self, model: nn.Module, source: str = "pool file", include_head: bool = True,
+                    group_sizes: dict[str, int] | None = None) -> None:
         """Raise a ConfigError naming the first layer whose pool does not fit ``model``."""
-        want = {s["name"]: s for s in layer_specs(model, include_head)}
+        want = {s["name"]: s for s in layer_specs(model, include_head, group_sizes)}
         have = {s["name"]: s for s in self.specs}
         for name, s in want.items():
             if name not in have:
@@ -117,8 +122,10 @@ def layer_vectors(module: nn.Module, group_size: int = 1) -> torch.Tensor:
 
 def build_pools_kmeans(model: nn.Module, arch: str, K: int, seed: int = 0, iters: int = 25,
                        include_head: bool = True, group_sizes: dict[str, int] | None = None,
-                       init_sample: int | None = 20000) -> PoolSet:
-    """k-means per layer over the kernels of a trained plain ``model``."""
+                       init_sample: int | None = 20000, fit_sample: int | None = None,
+                       final_iters: int = 2, progress=None) -> PoolSet:
+    """k-means per layer over the kernels of a trained plain ``model`` (see ``kmeans.kmeans``
+    for ``fit_sample``/``final_iters``); ``progress(name)`` is called before each layer."""
     if K < 2:
         raise ConfigError(f"pool_size must be >= 2, got {K}")
     group_sizes = group_sizes or {}
@@ -126,6 +133,8 @@ def build_pools_kmeans(model: nn.Module, arch: str, K: int, seed: int = 0, iters
     tables = {}
     for i, s in enumerate(specs):
         m = model.get_submodule(s["name"])
+        if progress is not None:
+            progress(s["name"])
         tables[s["name"]] = kmeans(layer_vectors(m, s["group_size"]), K, iters=iters, seed=seed + i,
-                                   init_sample=init_sample)
+                                   init_sample=init_sample, fit_sample=fit_sample, final_iters=final_iters)
     return PoolSet(arch, specs, tables)

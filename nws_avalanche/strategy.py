@@ -39,7 +39,8 @@ class NWS(TaskIncrementalStrategy):
         self.pools = assets.pools
         model = assets.pretrained_model()
         set_head(model, fresh_head(model.feature_dim, task_classes[0], cfg.seed))
-        nwsify(model, self.pools.tables, opts.include_head, search_factory=self.search_factory)
+        nwsify(model, self.pools.tables, opts.include_head, group_sizes=self.pools.group_sizes,
+               search_factory=self.search_factory)
         self.plugin = NWSPlugin(beta=cfg.beta, init=opts.init, pretrained_state=assets.pretrained_state,
                                 include_head=opts.include_head, search_factory=self.search_factory, seed=cfg.seed)
         super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, plugins=[self.plugin],
@@ -58,8 +59,8 @@ class NWS(TaskIncrementalStrategy):
 
     def skeleton(self, num_classes: int) -> nn.Module:
         m = build_arch(self.cfg.arch, num_classes, self.assets.in_channels)
-        return nwsify(m, self.pools.tables, self.opts.include_head, search_factory=self.search_factory,
-                      search_now=False)
+        return nwsify(m, self.pools.tables, self.opts.include_head, group_sizes=self.pools.group_sizes,
+                      search_factory=self.search_factory, search_now=False)
 
     def export_task(self, t, directory):
         path = self.task_file(directory, t, "nwst")

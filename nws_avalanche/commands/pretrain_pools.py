@@ -1,0 +1,58 @@
+"""``nws-bench pretrain-pools``: train an NWS network on an image folder, pools learnt by EMA."""
+from __future__ import annotations
+
+from dataclasses import fields
+
+from ..cli import command
+
+_HELP = {
+    "data": "image folder <root>/<class>/<image> (e.g. ImageNet's train/)",
+    "out": "output folder: checkpoint.pt, pools.nwsp, pretrained.pt, history.json",
+    "batch_size": "global batch size (split over the torchrun processes)",
+    "group_size": "gs: input channels per vector in 1x1 convs (1 = single weights)",
+    "init": "start from this torchvision-format state_dict (pools: k-means of its kernels)",
+    "max_classes": "use the first N classes (sorted), e.g. 100 for Sub-ImageNet",
+    "revive_fraction": "an entry is dead when its EMA count < this * n/K (0: no revival)",
+    "stop_after": "stop after N epochs in this invocation; rerun to continue",
+    "amp": "mixed precision: off | bf16 | fp16 (distances and EMA stay float32)",
+}
+
+
+def add_arguments(p):
+    from ..pretrain import PretrainConfig
+
+    for f in fields(PretrainConfig):
+        if f.name == "progress":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if f.name == "data":
+            p.add_argument(flag, required=True, help=_HELP["data"])
+        elif isinstance(default, bool):
+            p.add_argument(flag, default=default, type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                           metavar="BOOL", help=_HELP.get(f.name, f"(default {default})"))
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            if default is None or "None" in str(f.type):
+                typ = {"int | None": int, "str | None": str}.get(str(f.type), str)
+            p.add_argument(flag, default=default, type=typ, help=_HELP.get(f.name, f"(default {default})"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args):
+    from ..pretrain import PretrainConfig, pretrain
+
+    kw = {f.name: getattr(args, f.name) for f in fields(PretrainConfig) if f.name != "progress"}
+    cfg = PretrainConfig(**kw, progress=False if args.no_progress else None)
+    summary = pretrain(cfg)
+    if summary["rank"] != 0:
+        return 0
+    if summary["finished"]:
+        print(f"pools: {cfg.out}/pools.nwsp\npretrained network: {cfg.out}/pretrained.pt")
+    else:
+        print(f"stopped after epoch {summary['epochs_done']}/{cfg.epochs}; rerun the same command to continue")
+    return 0
+
+
+command("pretrain-pools", "pretrain kernel pools (EMA vector quantisation) on an image folder; torchrun-able")(
+    (add_arguments, main))

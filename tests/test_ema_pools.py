@@ -1,0 +1,141 @@
+"""EMA vector quantisation of the pools: the update formula, the commitment term, revival of dead
+entries, float32 statistics, and a clean stop on a non-finite loss."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nws_avalanche.layers import NWSConv2d, commitment_loss
+from nws_avalanche.vq_ema import EMAConfig, PoolEMA
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def one_layer(pool, kernels):
+    """A 1x1 NWS conv with d = 1: each scalar weight is one kernel vector."""
+    layer = NWSConv2d(1, len(kernels), 1, torch.tensor(pool).reshape(-1, 1))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(kernels).reshape(-1, 1, 1, 1))
+    return nn.Sequential(layer), layer
+
+
+def test_update_matches_formula_by_hand():
+    # pool {0, 10}; kernels 1, 2 -> entry 0, kernel 9 -> entry 1; n = 3 kernels, K = 2
+    model, layer = one_layer([0.0, 10.0], [1.0, 2.0, 9.0])
+    decay, eps = 0.9, 1e-5
+    ema = PoolEMA(model, EMAConfig(decay=decay, eps=eps, revive_fraction=0.0))
+    # start: N_k = n/K = 1.5, m_k = 1.5 * P_k
+    used = ema.update()
+    N0 = 0.9 * 1.5 + 0.1 * 2
+    N1 = 0.9 * 1.5 + 0.1 * 1
+    m0 = 0.9 * 1.5 * 0.0 + 0.1 * (1.0 + 2.0)
+    m1 = 0.9 * 1.5 * 10.0 + 0.1 * 9.0
+    n = N0 + N1
+    P0 = m0 / ((N0 + eps) / (n + 2 * eps) * n)
+    P1 = m1 / ((N1 + eps) / (n + 2 * eps) * n)
+    assert used == {"0": 2}
+    torch.testing.assert_close(ema.stats["0"].N, torch.tensor([N0, N1]))
+    torch.testing.assert_close(layer.pool.flatten(), torch.tensor([P0, P1]))
+    # the search follows the new pool (its cached norms were refreshed)
+    assert layer.search(torch.tensor([[P1 - 0.01]])).item() == 1
+
+
+def test_ema_converges_to_cluster_means():
+    model, layer = one_layer([0.0, 10.0], [1.0, 2.0, 9.0])
+    ema = PoolEMA(model, EMAConfig(decay=0.5, revive_fraction=0.0))
+    for _ in range(60):
+        ema.update()
+    torch.testing.assert_close(layer.pool.flatten(), torch.tensor([1.5, 9.0]), rtol=1e-4, atol=1e-4)
+
+
+def test_commitment_term_is_present_and_trains_the_kernels():
+    torch.manual_seed(0)
+    layer = NWSConv2d(4, 6, 3, torch.randn(8, 9), padding=1)
+    model = nn.Sequential(layer)
+    model.train()
+    model(torch.randn(2, 4, 5, 5))
+    c = commitment_loss(model)
+    q = layer.pool[layer.search(layer.vectors().detach())]
+    expected = (q - layer.vectors()).pow(2).sum(1).mean()
+    assert float(c.detach()) > 0
+    torch.testing.assert_close(c, expected)
+    c.backward()
+    # d/dw mean ||q - w||^2 = 2 (w - q) / n: the commitment pulls kernels to their pool vectors
+    torch.testing.assert_close(layer.weight.grad.reshape(-1, 9), 2 * (layer.vectors() - q).detach() / layer.num_vectors)
+
+
+def test_pretraining_loss_includes_commitment(tmp_path, monkeypatch):
+    """The loss pretraining backpropagates is CE + beta * commitment (beta=0 vs beta>0 differ)."""
+    from test_distributed_pools import make_folder, tiny_cfg
+    from nws_avalanche.pretrain import pretrain
+
+    data = make_folder(tmp_path / "imgs", per_class=4)
+    a = pretrain(tiny_cfg(data, tmp_path / "a", epochs=1, beta=0.0))
+    b = pretrain(tiny_cfg(data, tmp_path / "b", epochs=1, beta=5.0))
+    assert b["history"][0]["commitment"] > 0
+    assert any(not torch.equal(a["pools"][k], b["pools"][k]) for k in a["pools"])
+
+
+def test_revival_prevents_dead_entries():
+    torch.manual_seed(0)
+    kernels = torch.randn(400)
+    # entries 2..7 sit far from every kernel: without revival they never get a kernel
+    pool = [-0.5, 0.5, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0]
+
+    def run(revive):
+        model, layer = one_layer(pool, kernels.tolist())
+        ema = PoolEMA(model, EMAConfig(decay=0.9, revive_fraction=revive))
+        for _ in range(80):
+            used = ema.update()
+        return used["0"], ema
+
+    used_without, _ = run(0.0)
+    used_with, ema = run(0.03)
+    assert used_without == 2
+    assert used_with == 8  # every entry holds kernels again
+    assert ema.revived["0"] >= 6
+    assert (ema.stats["0"].N >= 0.03 * 400 / 8).all()
+
+
+def test_statistics_stay_float32_under_autocast():
+    torch.manual_seed(0)
+    layer = NWSConv2d(3, 4, 3, torch.randn(16, 9))
+    ema = PoolEMA(nn.Sequential(layer), EMAConfig())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ema.update()
+    assert layer.pool.dtype == torch.float32
+    assert ema.stats["0"].N.dtype == torch.float32 and ema.stats["0"].m.dtype == torch.float32
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from test_distributed_pools import make_folder, tiny_cfg
+    from nws_avalanche import pretrain as P
+
+    data = make_folder(tmp_path / "imgs", per_class=4)
+    P.pretrain(tiny_cfg(data, tmp_path / "o", epochs=3, stop_after=1))
+    ckpt = tmp_path / "o" / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    real = P.F.cross_entropy
+    monkeypatch.setattr(P.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(P.TrainingDiverged, match="non-finite loss at epoch 2.*checkpoint.pt.*intact"):
+        P.pretrain(tiny_cfg(data, tmp_path / "o", epochs=3))
+    assert ckpt.read_bytes() == before
+    assert not (tmp_path / "o" / "pools.nwsp").exists()
+
+
+def test_mixed_precision_pretraining_keeps_float32_pools(tmp_path):
+    from test_distributed_pools import make_folder, tiny_cfg
+    from nws_avalanche.pretrain import pretrain
+
+    data = make_folder(tmp_path / "imgs", per_class=4)
+    out = pretrain(tiny_cfg(data, tmp_path / "o", epochs=1, amp="bf16"))
+    assert out["finished"]
+    for name, pool in out["pools"].items():
+        assert pool.dtype == torch.float32 and torch.isfinite(pool).all(), name
