@@ -73,7 +73,7 @@ def test_commitment_term_is_present_and_trains_the_kernels():
 
 def test_pretraining_loss_includes_commitment(tmp_path, monkeypatch):
     """The loss pretraining backpropagates is CE + beta * commitment (beta=0 vs beta>0 differ)."""
-    from test_distributed_pools import make_folder, tiny_cfg
+    from tests.test_distributed_pools import make_folder, tiny_cfg
     from nws_avalanche.pretrain import pretrain
 
     data = make_folder(tmp_path / "imgs", per_class=4)
@@ -115,7 +115,7 @@ def test_statistics_stay_float32_under_autocast():
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    from test_distributed_pools import make_folder, tiny_cfg
+    from tests.test_distributed_pools import make_folder, tiny_cfg
     from nws_avalanche import pretrain as P
 
     data = make_folder(tmp_path / "imgs", per_class=4)
@@ -131,7 +131,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
 
 
 def test_mixed_precision_pretraining_keeps_float32_pools(tmp_path):
-    from test_distributed_pools import make_folder, tiny_cfg
+    from tests.test_distributed_pools import make_folder, tiny_cfg
     from nws_avalanche.pretrain import pretrain
 
     data = make_folder(tmp_path / "imgs", per_class=4)
