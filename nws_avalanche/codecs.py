@@ -132,6 +132,21 @@ class RANS:
         raw = bytes([_RAW]) + BitPack.encode(idx, K)
         return ans if len(ans) < len(raw) else raw
 
+    @staticmethod
+    def split(data: bytes, K: int) -> dict:
+        """Bytes of the block spent on the mode + frequency table vs on the coded stream."""
+        if not data:
+            return {"mode": "empty", "table": 0, "stream": 0}
+        mode = data[0]
+        if mode == _CONST:
+            return {"mode": "const", "table": len(data), "stream": 0}
+        if mode == _RAW:
+            return {"mode": "raw", "table": 1, "stream": len(data) - 1}
+        nb = (K + 7) // 8
+        present = int(np.unpackbits(np.frombuffer(data[1: 1 + nb], np.uint8), bitorder="little")[:K].sum())
+        _, pos = _read_varints(data, 1 + nb, present - 1)
+        return {"mode": "ans", "table": pos, "stream": len(data) - pos}
+
     @classmethod
     def decode(cls, data: bytes, n: int, K: int) -> np.ndarray:
         import constriction

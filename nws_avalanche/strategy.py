@@ -21,9 +21,9 @@ from .template import TaskIncrementalStrategy, fresh_head
 @dataclass
 class NWSOptions:
     init: str = "previous"       # previous | pretrained | random
-    codec: str = "bitpack"       # how indices are stored (see nws_avalanche.codecs)
+    codec: str = "rans"          # how indices are stored (see nws_avalanche.codecs)
     include_head: bool = True    # the classifier as a 1x1 NWS conv, as in the paper
-    search: str = "exact"        # nearest-vector search implementation (nws_avalanche.search)
+    search: str = "incremental"  # nearest-vector search implementation (nws_avalanche.search)
 
 
 @METHODS.register("nws")
