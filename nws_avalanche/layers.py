@@ -78,7 +78,8 @@ class NWSConv2d(nn.Module):
     @torch.no_grad()
     def load_rebuilt_into_weight(self) -> None:
         """Temporary kernels := the kernels the current indices select."""
-        self.weight.copy_(self.pool[self.indices].view_as(self.weight))
+        # gathered straight into the parameter: no temporary of the layer's size
+        torch.index_select(self.pool, 0, self.indices, out=self.weight.view(-1, self.d))
 
     def reset_search(self) -> None:
         self.search = self._search_factory(self.pool)

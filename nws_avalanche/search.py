@@ -113,24 +113,27 @@ class IncrementalSearch:
 
     def __init__(self, pool: torch.Tensor):
         self.pool = pool
-        full = pool.detach().float()
+        self._ready = False  # tables are built on first use: skeletons that only load indices skip it
+        self.last_searched = 0  # rows re-searched by the last call (for benchmarks)
+        self.reset()
+
+    def _prepare(self) -> None:
+        full = self.pool.detach().float()
         self._full = full
         self._keep = _dedupe_rows(full)
         self._pool = full[self._keep].contiguous()
         self._pool_t = self._pool.t().contiguous()
         self._pool_sq = (self._pool * self._pool).sum(1)
-        self._pmax = float(self._pool.abs().amax()) if self._pool.numel() else 0.0
         self._pool64 = self._pool.double()
         self._pnorm = float(self._pool64.norm(dim=1).max()) if self._pool.numel() else 0.0
         d = full.shape[1]
         self._gemm_c = 2 * (d + 2) * torch.finfo(torch.float32).eps
         self._slack = 1.0 + 4 * (d + 4) * torch.finfo(torch.float32).eps
-        self.last_searched = 0  # rows re-searched by the last call (for benchmarks)
         self._sorted1d = None
         if d == 1 and self._pool.shape[0] > 1:
             v, order = self._pool64.reshape(-1).sort()
             self._sorted1d = (v, order)
-        self.reset()
+        self._ready = True
 
     def reset(self) -> None:
         self._anchor = self._idx = self._r2 = None
@@ -201,6 +204,8 @@ class IncrementalSearch:
     @torch.no_grad()
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         w = w.detach().float()
+        if not self._ready:
+            self._prepare()
         if self._sorted1d is not None:
             self.last_searched = w.shape[0]
             return self._search_1d(w)
