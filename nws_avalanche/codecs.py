@@ -12,6 +12,7 @@ import numpy as np
 from .registry import Registry
 
 CODECS: Registry = Registry("codec")
+DEFAULT_CODEC = "rans"  # lossless, at the order-0 entropy
 
 
 def bits_for(K: int) -> int:

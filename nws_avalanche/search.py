@@ -12,6 +12,7 @@ import torch
 from .registry import Registry
 
 SEARCHES: Registry = Registry("search")
+DEFAULT_SEARCH = "incremental"  # exact, and re-searches only what may have changed
 _CHUNK = 1 << 16
 _CANDIDATES = 2  # GEMM candidates re-scored in float64 by the incremental search
 

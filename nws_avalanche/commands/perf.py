@@ -64,12 +64,11 @@ def _report(r: dict) -> list[str]:
 def main(args):
     from ..atomic import atomic_write_json
     from ..perf import PerfConfig, config_dict, measure
-    from ..search import SEARCHES
-    from ..codecs import CODECS
-    from ..strategy import NWSOptions
+    from ..codecs import CODECS, DEFAULT_CODEC
+    from ..search import DEFAULT_SEARCH, SEARCHES
 
-    search = args.search or NWSOptions.search
-    codec = args.codec or NWSOptions.codec
+    search = args.search or DEFAULT_SEARCH
+    codec = args.codec or DEFAULT_CODEC
     if search not in SEARCHES.names():
         raise ConfigError(f"--search {search!r} unknown; choose one of {', '.join(SEARCHES.names())}")
     if codec not in CODECS.names():
