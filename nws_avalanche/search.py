@@ -102,14 +102,17 @@ class IncrementalSearch:
     radius and the anchor ``a``; each call computes ``||w - a||^2`` and re-searches only the rows
     at or beyond their radius.
 
-    Float rounding: ``d1``/``d2`` come from a float32 GEMM whose absolute error is bounded by
-    ``tol`` (as in ``nearest``); the radius uses ``d1 <= sqrt(d1^2 + tol)``,
-    ``d2 >= sqrt(d2^2 - tol)`` and keeps a squared-distance gap of at least ``tol`` at the edge
-    of the ball (far above float64 rounding, so the float64 reference agrees); the moved
-    distance is inflated by its own float32 error bound. Rows whose top-2 gap is within ``tol``
-    are decided by the float64 reference and get radius 0 (re-searched every call). Duplicate
-    pool rows are dropped first (see ``_dedupe_rows``). Answers equal ``exact_rows`` (float64
-    ``cdist`` + ``argmin``, lowest index on ties).
+    Float rounding: a float32 GEMM proposes the two nearest rows; its error per row is bounded by
+    ``tol = 2 (d+2) eps32 (|p|max^2 + 2 |w| |p|max)``. The two candidates are re-scored in
+    float64 from differences (exact for float32 inputs); every other row is at least
+    ``v2 - tol`` away. The radius uses an upper bound on ``d1`` and a lower bound on ``d2`` and
+    keeps, at the edge of the ball, a squared gap well above the float64 reference's own
+    rounding, so the reference agrees; the moved distance is inflated by its float32 error
+    bound. Rows that cannot be decided this way (near-ties) are answered by the float64
+    reference ``exact_rows`` and get radius 0 (re-checked every call). Duplicate pool rows are
+    dropped first (``_dedupe_rows``). For ``d == 1`` (1x1 convs, the head) a sorted-pool
+    neighbour search is exact and cheap, so it runs on every call. Answers equal
+    ``exact_rows`` (float64 ``cdist`` + ``argmin``, lowest index on ties).
     """
 
     def __init__(self, pool: torch.Tensor):
@@ -197,7 +200,9 @@ class IncrementalSearch:
         a, b = self._keep[order[lo]], self._keep[order[hi]]
         out = torch.where((dh < dl) | ((dh == dl) & (b < a)), b, a)
         # near-ties are left to the float64 reference so that its rounding decides, as in `nearest`
-        unsure = torch.nonzero((dh - dl).abs() <= 1e-9 * (dl + dh + x.abs())).flatten()
+        # (squared gaps: the float64 reference compares x^2 - 2xp + p^2, whose error is ~eps (|x|+|p|)^2)
+        thr = 64 * torch.finfo(torch.float64).eps * (x.abs() + vals.abs().max()) ** 2
+        unsure = torch.nonzero((dh * dh - dl * dl).abs() <= thr).flatten()
         if unsure.numel():
             out[unsure] = exact_rows(w[unsure], self._full)
         return out
