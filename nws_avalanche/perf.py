@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from .codecs import CODECS, order0_entropy_bits
 from .container import read_container
 from .layers import commitment_loss, nws_layers
 from .models import build_arch, head_name
-from .nwsify import convertible_layers, nwsify
+from .nwsify import nwsify
 from .pools import PoolSet, layer_specs, layer_vectors
 from .search import SEARCHES, exact_rows
 
@@ -113,7 +112,7 @@ def _train_steps(model, x, y, steps, lr, beta, nws: bool, device, searches=None)
     return wall, cpu, share
 
 
-def _sq_chunks(w, pool, chunk=8192):
+def _brute_force(w, pool, chunk=8192):
     return torch.cat([exact_rows(w[s: s + chunk], pool) for s in range(0, w.shape[0], chunk)])
 
 
@@ -128,7 +127,7 @@ def check_exactness(model, x, y, steps, lr, beta) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for n, m in nws_layers(model):  # weights are those the forward searched (no step yet)
-            ref = _sq_chunks(m.vectors().detach().cpu(), m.pool.cpu())
+            ref = _brute_force(m.vectors().detach().cpu(), m.pool.cpu())
             mismatches += int((m.indices.cpu() != ref).sum())
             changed += int((m.indices != prev[n]).sum())
             prev[n] = m.indices.clone()
@@ -175,7 +174,7 @@ def _artifact_split(path: Path, model: nn.Module) -> dict:
 def _code_stats(path: Path, model: nn.Module, codec: str) -> dict:
     header, blobs = read_container(path)
     layers, tot_bits, tot_h, tot_n = [], 0, 0.0, 0
-    for _, (name, m) in enumerate(nws_layers(model)):
+    for name, m in nws_layers(model):
         data = blobs[f"idx/{name}"]
         idx = m.indices.cpu().numpy()
         h = order0_entropy_bits(idx, m.pool_size)
