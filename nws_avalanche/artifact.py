@@ -18,6 +18,7 @@ import torch.nn as nn
 from .codecs import get_codec
 from .container import pack_state, read_container, unpack_state, write_container
 from .errors import ArtifactError
+from .fastbuild import skip_weight_init
 from .layers import nws_layers
 
 TASK_FORMAT = 1
@@ -74,7 +75,8 @@ def load_nws_task(path, build: Callable[[int], nn.Module], pool_fingerprint: str
         raise ArtifactError(f"{path}: written against other pools (fingerprint "
                             f"{header['pool_fingerprint']}, digest {header['pool_digest'][:12]}) than "
                             f"the run's pool file ({pool_fingerprint}, {pool_digest[:12]})")
-    model = build(header["num_classes"])
+    with skip_weight_init():  # every value is loaded below; drawing random inits only costs time
+        model = build(header["num_classes"])
     layers = dict(nws_layers(model))
     if set(layers) != set(indices):
         raise ArtifactError(f"{path}: layers {sorted(set(layers) ^ set(indices))} differ from the model")

@@ -12,6 +12,7 @@ import numpy as np
 from .registry import Registry
 
 CODECS: Registry = Registry("codec")
+DEFAULT_CODEC = "rans"  # lossless, at the order-0 entropy
 
 
 def bits_for(K: int) -> int:
@@ -41,3 +42,148 @@ class BitPack:
 
 def get_codec(name: str):
     return CODECS.get(name)
+
+
+# -- entropy coding ------------------------------------------------------------------------
+def _varint(values) -> bytes:
+    out = bytearray()
+    for v in values:
+        v = int(v)
+        while True:
+            b = v & 0x7F
+            v >>= 7
+            out.append(b | (0x80 if v else 0))
+            if not v:
+                break
+    return bytes(out)
+
+
+def _read_varints(data: bytes, pos: int, count: int) -> tuple[list[int], int]:
+    out = []
+    for _ in range(count):
+        v = shift = 0
+        while True:
+            if pos >= len(data):
+                raise ValueError("truncated frequency table")
+            b = data[pos]
+            pos += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        out.append(v)
+    return out, pos
+
+
+def order0_entropy_bits(indices: np.ndarray, K: int) -> float:
+    """n * H0: the order-0 empirical entropy of ``indices`` in bits (the bound ``rans`` targets)."""
+    idx = np.asarray(indices).reshape(-1)
+    if idx.size == 0:
+        return 0.0
+    counts = np.bincount(idx, minlength=K).astype(np.float64)
+    p = counts[counts > 0] / idx.size
+    return float(-(counts[counts > 0] * np.log2(p)).sum())
+
+
+_EMPTY, _CONST, _RAW, _ANS = 0, 1, 2, 3
+
+
+@CODECS.register("rans")
+class RANS:
+    """Order-0 entropy coding of a layer's indices with ``constriction``'s ANS coder.
+
+    Byte format (``n`` and ``K`` come from the artifact header, not the stream):
+    - ``n == 0``: no bytes;
+    - ``0x01 | varint(symbol)``: every index is the same symbol;
+    - ``0x02 | bitpack``: fixed-width codes (chosen when smaller, e.g. tiny layers);
+    - ``0x03 | presence bitmap ceil(K/8) bytes (little-endian bit order) | varint counts of the
+      present symbols, ascending symbol order, the last one omitted (it is ``n`` minus the
+      rest) | ANS stream`` as little-endian uint32 words.
+    The model is the exact empirical distribution over the present symbols (counts / n), given
+    to ``constriction.stream.model.Categorical(perfect=False)``, which turns it into the same
+    fixed-point table on encode and decode. The stream thus costs ``n * H0`` plus a few words.
+    """
+
+    @staticmethod
+    def _model(counts: np.ndarray):
+        import constriction
+
+        return constriction.stream.model.Categorical(counts.astype(np.float64) / counts.sum(), perfect=False)
+
+    @classmethod
+    def encode(cls, indices: np.ndarray, K: int) -> bytes:
+        import constriction
+
+        idx = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            return b""
+        if int(idx.min()) < 0 or int(idx.max()) >= K:
+            raise ValueError(f"indices must lie in [0, {K}), got [{int(idx.min())}, {int(idx.max())}]")
+        counts = np.bincount(idx, minlength=K)
+        present = np.flatnonzero(counts)
+        if present.size == 1:
+            return bytes([_CONST]) + _varint([present[0]])
+        remap = np.full(K, -1, dtype=np.int64)
+        remap[present] = np.arange(present.size)
+        coder = constriction.stream.stack.AnsCoder()
+        coder.encode_reverse(remap[idx].astype(np.int32), cls._model(counts[present]))
+        bitmap = np.packbits(counts > 0, bitorder="little").tobytes()
+        ans = (bytes([_ANS]) + bitmap + _varint(counts[present[:-1]])
+               + coder.get_compressed().astype("<u4").tobytes())
+        raw = bytes([_RAW]) + BitPack.encode(idx, K)
+        return ans if len(ans) < len(raw) else raw
+
+    @staticmethod
+    def split(data: bytes, K: int) -> dict:
+        """Bytes of the block spent on the mode + frequency table vs on the coded stream."""
+        if not data:
+            return {"mode": "empty", "table": 0, "stream": 0}
+        mode = data[0]
+        if mode == _CONST:
+            return {"mode": "const", "table": len(data), "stream": 0}
+        if mode == _RAW:
+            return {"mode": "raw", "table": 1, "stream": len(data) - 1}
+        nb = (K + 7) // 8
+        present = int(np.unpackbits(np.frombuffer(data[1: 1 + nb], np.uint8), bitorder="little")[:K].sum())
+        _, pos = _read_varints(data, 1 + nb, present - 1)
+        return {"mode": "ans", "table": pos, "stream": len(data) - pos}
+
+    @classmethod
+    def decode(cls, data: bytes, n: int, K: int) -> np.ndarray:
+        import constriction
+
+        if n == 0:
+            if data:
+                raise ValueError(f"expected no bytes for 0 indices, got {len(data)}")
+            return np.zeros(0, dtype=np.int64)
+        if not data:
+            raise ValueError(f"no bytes for {n} indices")
+        mode, body = data[0], data[1:]
+        if mode == _CONST:
+            (sym,), end = _read_varints(body, 0, 1)
+            if end != len(body) or sym >= K:
+                raise ValueError("bad constant-symbol block")
+            return np.full(n, sym, dtype=np.int64)
+        if mode == _RAW:
+            return BitPack.decode(body, n, K)
+        if mode != _ANS:
+            raise ValueError(f"unknown block mode {mode}")
+        nb = (K + 7) // 8
+        if len(body) < nb:
+            raise ValueError("truncated presence bitmap")
+        present = np.flatnonzero(np.unpackbits(np.frombuffer(body[:nb], np.uint8), bitorder="little")[:K])
+        if present.size < 2:
+            raise ValueError("presence bitmap names fewer than 2 symbols")
+        head, pos = _read_varints(body, nb, present.size - 1)
+        last = n - sum(head)
+        if last <= 0 or min(head) <= 0:
+            raise ValueError(f"frequency table does not sum to n={n}")
+        counts = np.array(head + [last], dtype=np.int64)
+        words = body[pos:]
+        if len(words) % 4:
+            raise ValueError("ANS stream is not a whole number of 32-bit words")
+        coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
+        sym = coder.decode(cls._model(counts), n)
+        if not coder.is_empty():
+            raise ValueError("ANS stream has trailing data")
+        return present[np.asarray(sym, dtype=np.int64)]

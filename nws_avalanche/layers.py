@@ -47,6 +47,7 @@ class NWSConv2d(nn.Module):
         self.commitment = torch.zeros(())
         self._cache_key = None
         self._cache_w = None
+        self._q = self._q_idx = self._q_key = None
 
     # -- geometry ---------------------------------------------------------------------------
     @property
@@ -77,7 +78,8 @@ class NWSConv2d(nn.Module):
     @torch.no_grad()
     def load_rebuilt_into_weight(self) -> None:
         """Temporary kernels := the kernels the current indices select."""
-        self.weight.copy_(self.pool[self.indices].view_as(self.weight))
+        # gathered straight into the parameter: no temporary of the layer's size
+        torch.index_select(self.pool, 0, self.indices, out=self.weight.view(-1, self.d))
 
     def reset_search(self) -> None:
         self.search = self._search_factory(self.pool)
@@ -92,10 +94,25 @@ class NWSConv2d(nn.Module):
         idx = self.search(w.detach())
         with torch.no_grad():
             self.indices.copy_(idx)
-        q = self.pool[idx]
-        self.commitment = (q - w).pow(2).sum(1).mean()
-        w_st = w + (q - w).detach()
+        q = self._quantised(idx)
+        diff = q - w  # one subtraction serves both terms; values and gradients are unchanged
+        self.commitment = diff.pow(2).sum(1).mean()
+        w_st = w + diff.detach()
         return self._conv(x, w_st.view_as(self.weight))
+
+    @torch.no_grad()
+    def _quantised(self, idx: torch.Tensor) -> torch.Tensor:
+        """``pool[idx]``, updating only the rows whose index changed since the last call."""
+        key = (id(self.pool), self.pool._version, self.pool.device, idx.shape)
+        if self._q_key != key or self._q is None:
+            self._q, self._q_idx, self._q_key = self.pool[idx], idx.clone(), key
+            return self._q
+        changed = torch.nonzero(idx != self._q_idx).flatten()
+        if changed.numel():
+            rows = idx[changed]
+            self._q[changed] = self.pool[rows]
+            self._q_idx[changed] = rows
+        return self._q
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

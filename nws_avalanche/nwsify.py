@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError
+from .fastbuild import skipping_init
 from .layers import NWSConv2d, NWSLinear, SearchFactory
 from .models import head_name
 
@@ -44,10 +45,11 @@ def make_nws_layer(m: nn.Module, pool: torch.Tensor, group_size: int = 1,
         new = NWSConv2d(m.in_channels, m.out_channels, m.kernel_size, pool, stride=m.stride,
                         padding=m.padding, dilation=m.dilation, groups=m.groups,
                         bias=m.bias is not None, group_size=group_size, search_factory=search_factory)
-    with torch.no_grad():
-        new.weight.copy_(m.weight.view_as(new.weight))
-        if m.bias is not None:
-            new.bias.copy_(m.bias)
+    if not skipping_init():  # when skipping, the source weights are uninitialised too
+        with torch.no_grad():
+            new.weight.copy_(m.weight.view_as(new.weight))
+            if m.bias is not None:
+                new.bias.copy_(m.bias)
     if search_now:
         new.assign()
     return new

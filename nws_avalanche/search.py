@@ -12,7 +12,9 @@ import torch
 from .registry import Registry
 
 SEARCHES: Registry = Registry("search")
+DEFAULT_SEARCH = "incremental"  # exact, and re-searches only what may have changed
 _CHUNK = 1 << 16
+_CANDIDATES = 2  # GEMM candidates re-scored in float64 by the incremental search
 
 
 def _top2(w: torch.Tensor, pool: torch.Tensor, pool_sq: torch.Tensor):
@@ -85,3 +87,170 @@ class ExactSearch:
 
     def reset(self) -> None:
         pass
+
+
+def _dedupe_rows(pool: torch.Tensor) -> torch.Tensor:
+    """Original indices of each distinct pool row's first occurrence, ascending.
+
+    A duplicate row is always exactly as far as its first copy, so the lowest-index rule never
+    picks it; dropping duplicates keeps answers and lets ties between copies have a radius > 0.
+    """
+    uniq, inverse = torch.unique(pool, dim=0, return_inverse=True)
+    first = torch.full((len(uniq),), pool.shape[0], dtype=torch.long, device=pool.device)
+    first.scatter_reduce_(0, inverse, torch.arange(pool.shape[0], device=pool.device), reduce="amin")
+    return first.sort().values
+
+
+def _smallest(dist: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The m smallest entries per row, ascending (m repeated min passes: far faster than topk
+    on CPU for small m; ``dist`` is overwritten)."""
+    vals, tops = [], []
+    for k in range(m):
+        v, j = dist.min(dim=1, keepdim=True)
+        vals.append(v)
+        tops.append(j)
+        if k + 1 < m:
+            dist.scatter_(1, j, float("inf"))
+    return torch.cat(vals, 1), torch.cat(tops, 1)
+
+
+@SEARCHES.register("incremental")
+class IncrementalSearch:
+    """Exact search that only re-searches the vectors that may have changed their nearest row.
+
+    For a vector last searched at ``a`` with nearest distance ``d1`` and second-nearest ``d2``,
+    the triangle inequality gives, for any ``w`` with ``||w - a|| = delta``: the old winner is at
+    most ``d1 + delta`` away and every other row at least ``d2 - delta``; so the winner cannot
+    change while ``delta < (d2 - d1) / 2``. Per vector it keeps the index, a *safe* squared
+    radius and the anchor ``a``; each call computes ``||w - a||^2`` and re-searches only the rows
+    at or beyond their radius.
+
+    Float rounding: a float32 GEMM proposes the two nearest rows; its error per row is bounded by
+    ``tol = 2 (d+2) eps32 (|p|max^2 + 2 |w| |p|max)``. The two candidates are re-scored in
+    float64 from differences (exact for float32 inputs); every other row is at least
+    ``v2 - tol`` away. The radius uses an upper bound on ``d1`` and a lower bound on ``d2`` and
+    keeps, at the edge of the ball, a squared gap well above the float64 reference's own
+    rounding, so the reference agrees; the moved distance is inflated by its float32 error
+    bound. Rows that cannot be decided this way (near-ties) are answered by the float64
+    reference ``exact_rows`` and get radius 0 (re-checked every call). Duplicate pool rows are
+    dropped first (``_dedupe_rows``). For ``d == 1`` (1x1 convs, the head) a sorted-pool
+    neighbour search is exact and cheap, so it runs on every call. Answers equal
+    ``exact_rows`` (float64 ``cdist`` + ``argmin``, lowest index on ties).
+    """
+
+    def __init__(self, pool: torch.Tensor):
+        self.pool = pool
+        self._ready = False  # tables are built on first use: skeletons that only load indices skip it
+        self.last_searched = 0  # rows re-searched by the last call (for benchmarks)
+        self.reset()
+
+    def _prepare(self) -> None:
+        full = self.pool.detach().float()
+        self._full = full
+        self._keep = _dedupe_rows(full)
+        self._pool = full[self._keep].contiguous()
+        self._pool_t = self._pool.t().contiguous()
+        self._pool_sq = (self._pool * self._pool).sum(1)
+        self._pool64 = self._pool.double()
+        self._pnorm = float(self._pool64.norm(dim=1).max()) if self._pool.numel() else 0.0
+        d = full.shape[1]
+        self._gemm_c = 2 * (d + 2) * torch.finfo(torch.float32).eps
+        self._slack = 1.0 + 4 * (d + 4) * torch.finfo(torch.float32).eps
+        self._sorted1d = None
+        if d == 1 and self._pool.shape[0] > 1:
+            v, order = self._pool64.reshape(-1).sort()
+            self._sorted1d = (v, order)
+        self._ready = True
+
+    def reset(self) -> None:
+        self._anchor = self._idx = self._r2 = None
+
+    @torch.no_grad()
+    def _search_rows(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, d = w.shape
+        idx = torch.zeros(n, dtype=torch.long, device=w.device)
+        r2 = torch.zeros(n, dtype=torch.float32, device=w.device)
+        if n == 0:
+            return idx, r2
+        if self._pool.shape[0] == 1:
+            return idx.fill_(int(self._keep[0])), r2.fill_(float("inf"))
+        m = min(_CANDIDATES, self._pool.shape[0])
+        for s in range(0, n, _CHUNK):
+            ws = w[s: s + _CHUNK]
+            dist = torch.addmm(self._pool_sq.unsqueeze(0), ws, self._pool_t, beta=1.0, alpha=-2.0)
+            vals, top = _smallest(dist, m)
+            del dist
+            # Exact-enough float64 distances to the m GEMM candidates (differences of float32
+            # values are exact in float64), sorted by (distance, original index).
+            w64 = ws.double()
+            wsq = (w64 * w64).sum(1)
+            # GEMM error bound per row: (d+2) eps (||p||^2 + 2 ||w|| ||p||), doubled for safety
+            tol = self._gemm_c * (self._pnorm ** 2 + 2 * wsq.sqrt() * self._pnorm) + 1e-300
+            cand = (w64.unsqueeze(1) - self._pool64[top]).pow_(2).sum(-1)
+            orig = self._keep[top]
+            key_order = torch.argsort(orig, dim=1)
+            cand, orig = cand.gather(1, key_order), orig.gather(1, key_order)
+            best_d, best_j = cand.min(dim=1)                  # first minimum = lowest index
+            out = orig.gather(1, best_j.unsqueeze(1)).squeeze(1)
+            second = cand.scatter(1, best_j.unsqueeze(1), float("inf")).min(dim=1).values
+            # every row outside the candidates is at least this far (squared)
+            outside = (vals[:, -1].double() + wsq - tol).clamp_min(0)
+            if m == self._pool.shape[0]:
+                outside = torch.full_like(outside, float("inf"))
+            eps64 = 64 * d * torch.finfo(torch.float64).eps * (wsq.sqrt() + self._pnorm) ** 2
+            near = torch.minimum(second, outside)
+            sure = (best_d < outside) & (near - best_d > 4 * eps64)
+            u1 = (best_d + eps64).sqrt()
+            l2 = (near - eps64).clamp_min(0).sqrt()
+            room = l2 - u1 - 4 * eps64 / (l2 + u1).clamp_min(1e-300)
+            rad = (room.clamp_min(0) * 0.5 * (1 - 1e-6)) ** 2
+            rad = torch.where(sure, rad, torch.zeros_like(rad))
+            unsure = torch.nonzero(~sure).flatten()
+            if unsure.numel():
+                out[unsure] = exact_rows(ws[unsure], self._full)
+            idx[s: s + _CHUNK] = out
+            r2[s: s + _CHUNK] = rad.float()
+        return idx, r2
+
+    @torch.no_grad()
+    def _search_1d(self, w: torch.Tensor) -> torch.Tensor:
+        """d = 1: the nearest value is a neighbour in the sorted pool; O(N log K), exact."""
+        x = w.reshape(-1).double()
+        vals, order = self._sorted1d
+        hi = torch.searchsorted(vals, x).clamp_(1, len(vals) - 1)
+        lo = hi - 1
+        dl, dh = (x - vals[lo]).abs(), (vals[hi] - x).abs()
+        a, b = self._keep[order[lo]], self._keep[order[hi]]
+        out = torch.where((dh < dl) | ((dh == dl) & (b < a)), b, a)
+        # near-ties are left to the float64 reference so that its rounding decides, as in `nearest`
+        # (squared gaps: the float64 reference compares x^2 - 2xp + p^2, whose error is ~eps (|x|+|p|)^2)
+        thr = 64 * torch.finfo(torch.float64).eps * (x.abs() + vals.abs().max()) ** 2
+        unsure = torch.nonzero((dh * dh - dl * dl).abs() <= thr).flatten()
+        if unsure.numel():
+            out[unsure] = exact_rows(w[unsure], self._full)
+        return out
+
+    @torch.no_grad()
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        w = w.detach().float()
+        if not self._ready:
+            self._prepare()
+        if self._sorted1d is not None:
+            self.last_searched = w.shape[0]
+            return self._search_1d(w)
+        if self._anchor is None or self._anchor.shape != w.shape or self._anchor.device != w.device:
+            self._idx, self._r2 = self._search_rows(w)
+            self._anchor = w.clone()
+            self.last_searched = w.shape[0]
+            return self._idx.clone()
+        moved = torch.sub(w, self._anchor).pow_(2).sum(1).mul_(self._slack)
+        # written as "not inside" so that NaN movement also triggers a search
+        redo = torch.nonzero(~(moved < self._r2)).flatten()
+        self.last_searched = int(redo.numel())
+        if self.last_searched:
+            rows = w.index_select(0, redo)
+            idx, r2 = self._search_rows(rows)
+            self._idx[redo] = idx
+            self._r2[redo] = r2
+            self._anchor[redo] = rows
+        return self._idx.clone()

@@ -14,16 +14,17 @@ from .methods import METHODS
 from .models import build_arch, get_head, set_head
 from .nwsify import make_nws_layer, nwsify
 from .plugin import NWSPlugin
-from .search import SEARCHES
+from .codecs import DEFAULT_CODEC
+from .search import DEFAULT_SEARCH, SEARCHES
 from .template import TaskIncrementalStrategy, fresh_head
 
 
 @dataclass
 class NWSOptions:
     init: str = "previous"       # previous | pretrained | random
-    codec: str = "bitpack"       # how indices are stored (see nws_avalanche.codecs)
+    codec: str = DEFAULT_CODEC   # how indices are stored (see nws_avalanche.codecs)
     include_head: bool = True    # the classifier as a 1x1 NWS conv, as in the paper
-    search: str = "exact"        # nearest-vector search implementation (nws_avalanche.search)
+    search: str = DEFAULT_SEARCH  # nearest-vector search implementation (nws_avalanche.search)
 
 
 @METHODS.register("nws")

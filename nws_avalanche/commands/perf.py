@@ -1,0 +1,102 @@
+"""``nws-bench perf``: NWS training/eval/task-switch time against plain training, and stored bits
+per index against the order-0 entropy; prints a summary and writes the figures as JSON."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..cli import command
+from ..errors import ConfigError
+
+
+def add_arguments(p):
+    p.add_argument("--arch", default="resnet18", help="architecture (default: the paper's resnet18)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--pool-size", type=int, default=512)
+    p.add_argument("--search", default=None, help="search to measure (default: the NWS default)")
+    p.add_argument("--codec", default=None, help="index codec to measure (default: the NWS default)")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps after warm-up")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--check-steps", type=int, default=5, help="training steps checked against brute force")
+    p.add_argument("--check-lr", type=float, default=0.5, help="LR of the checked steps (high: indices change)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--large", action="store_true", help="also time training at 224x224 (slow)")
+    p.add_argument("--large-batch", type=int, default=8)
+    p.add_argument("--no-gpu", action="store_true", help="skip the GPU even when one is present")
+    p.add_argument("--out", default="perf.json", help="JSON output file (default: perf.json)")
+
+
+def _line(r: dict) -> str:
+    s = (f"[{r['device']} {r['image_size']}px b{r['batch_size']} threads={r['threads']} search={r['search']}] "
+         f"step plain {r['plain_step_s']['wall'] * 1e3:.1f} ms, NWS {r['nws_step_s']['wall'] * 1e3:.1f} ms "
+         f"-> x{r['step_ratio']['wall']:.2f} wall, x{r['step_ratio']['cpu']:.2f} CPU time; "
+         f"search share {100 * r['search_share']:.1f}%")
+    return s
+
+
+def _report(r: dict) -> list[str]:
+    lines = [_line(r)]
+    if "exactness" in r:
+        e = r["exactness"]
+        lines.append(f"  exactness: {e['steps']} steps at lr={e['lr']}, {e['kernels_checked_per_step']} kernels/step, "
+                     f"{e['index_changes']} index changes, mismatches vs brute force = {e['mismatches']}")
+        ev = r["eval_images_per_s"]
+        lines.append(f"  eval: rebuilt {ev['rebuilt']:.0f} img/s, plain {ev['plain']:.0f} img/s, ratio {ev['ratio']:.3f}")
+        ts = r["task_switch_s"]
+        lines.append(f"  task switch (load artifact -> model): median {ts['median'] * 1e3:.1f} ms, "
+                     f"min {ts['min'] * 1e3:.1f} ms, bit-identical {ts['bit_identical']}")
+        st = r["storage"]
+        lines.append(f"  codes ({st['codec']}): layer  n  K  bits/idx  H0 bits/idx  overhead")
+        for row in st["layers"]:
+            ov = "-" if row["overhead_vs_entropy"] is None else f"{100 * row['overhead_vs_entropy']:+.2f}%"
+            lines.append(f"    {row['layer']:<24} {row['n']:>7} {row['K']:>4} {row['bits_per_index']:8.3f} "
+                         f"{row['entropy_bits_per_index']:8.3f}  {ov}")
+        t = st["total"]
+        ov = "-" if t["overhead_vs_entropy"] is None else f"{100 * t['overhead_vs_entropy']:+.2f}%"
+        lines.append(f"    {'TOTAL':<24} {t['n']:>7} {'':>4} {t['bits_per_index']:8.3f} "
+                     f"{t['entropy_bits_per_index']:8.3f}  {ov}")
+        lines.append("  artifact bytes: " + ", ".join(f"{k} {v}" for k, v in r["artifact_bytes"].items()))
+    return lines
+
+
+def main(args):
+    from ..atomic import atomic_write_json
+    from ..perf import PerfConfig, config_dict, measure
+    from ..codecs import CODECS, DEFAULT_CODEC
+    from ..search import DEFAULT_SEARCH, SEARCHES
+
+    search = args.search or DEFAULT_SEARCH
+    codec = args.codec or DEFAULT_CODEC
+    if search not in SEARCHES.names():
+        raise ConfigError(f"--search {search!r} unknown; choose one of {', '.join(SEARCHES.names())}")
+    if codec not in CODECS.names():
+        raise ConfigError(f"--codec {codec!r} unknown; choose one of {', '.join(CODECS.names())}")
+    for name in ("steps", "check_steps", "batch_size", "image_size", "pool_size", "large_batch"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = PerfConfig(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
+                     pool_size=args.pool_size, search=search, codec=codec, steps=args.steps,
+                     warmup=args.warmup, check_steps=args.check_steps, check_lr=args.check_lr,
+                     threads=args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_gpu else [])
+    results = []
+    for dev in devices:
+        r = measure(cfg, dev)
+        results.append(r)
+        print("\n".join(_report(r)), flush=True)
+        if args.large:
+            big = PerfConfig(**{**config_dict(cfg), "image_size": 224, "batch_size": args.large_batch})
+            r = measure(big, dev, large=True)
+            results.append(r)
+            print("\n".join(_report(r)), flush=True)
+    atomic_write_json(args.out, {"config": config_dict(cfg), "torch": torch.__version__, "results": results})
+    print(f"perf: {args.out}")
+    return 0
+
+
+command("perf", "time NWS training/eval/task switch against plain training; bits per index vs entropy")(
+    (add_arguments, main))

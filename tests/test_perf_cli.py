@@ -1,0 +1,37 @@
+"""``nws-bench perf`` end to end on a tiny configuration (no timing assertions)."""
+import json
+
+import torch
+
+from nws_avalanche.cli import main
+
+
+def test_perf_writes_all_figures(tmp_path, capsys):
+    old = torch.get_num_threads()
+    out = tmp_path / "perf.json"
+    try:
+        rc = main(["perf", "--arch", "resnet-tiny", "--image-size", "16", "--batch-size", "4", "--pool-size", "8",
+                   "--steps", "2", "--warmup", "1", "--check-steps", "3", "--threads", "1", "--no-gpu",
+                   "--out", str(out)])
+    finally:
+        torch.set_num_threads(old)
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    r = doc["results"][0]
+    for key in ("plain_step_s", "nws_step_s", "step_ratio", "search_share", "exactness", "eval_images_per_s",
+                "task_switch_s", "storage", "artifact_bytes"):
+        assert key in r, key
+    assert r["exactness"]["mismatches"] == 0
+    assert r["exactness"]["index_changes"] > 0
+    assert r["task_switch_s"]["bit_identical"] is True
+    split = r["artifact_bytes"]
+    assert split["codes"] + split["bn"] + split["head"] + split["other_state"] + split["header"] == split["total"]
+    assert split["codes"] == sum(row["bytes"] for row in r["storage"]["layers"])
+    assert "mismatches vs brute force = 0" in capsys.readouterr().out
+
+
+def test_perf_rejects_unknown_search(tmp_path, capsys):
+    rc = main(["perf", "--search", "nope", "--out", str(tmp_path / "p.json")])
+    assert rc == 2
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()

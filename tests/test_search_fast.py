@@ -1,0 +1,109 @@
+"""The incremental search is exact: it equals float64 brute force at every step of real training."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nws_avalanche.layers import NWSConv2d, commitment_loss, nws_layers
+from nws_avalanche.models import build_arch
+from nws_avalanche.nwsify import nwsify
+from nws_avalanche.perf import sample_pools
+from nws_avalanche.search import SEARCHES, IncrementalSearch, exact_rows
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the machine is shared: two threads per process under contention are many times slower
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _with_duplicates(pool: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    dup = pool[torch.randint(len(pool), (len(pool) // 2,), generator=g)]
+    mixed = torch.cat([pool, dup])
+    return mixed[torch.randperm(len(mixed), generator=g)]
+
+
+def test_exact_over_real_training_with_large_lr_and_duplicate_rows():
+    torch.manual_seed(0)
+    model = build_arch("resnet-tiny", 5)
+    pools = {k: _with_duplicates(v, i) for i, (k, v) in enumerate(sample_pools(model, 8, 0).items())}
+    nwsify(model, pools, True, search_factory=SEARCHES.get("incremental"))
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(5, (8,))
+    changes, skipped = 0, 0
+    for step, lr in enumerate([0.001] * 4 + [0.3] * 8 + [0.01] * 4):
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        prev = {n: m.indices.clone() for n, m in nws_layers(model)}
+        model.train()
+        loss = F.cross_entropy(model(x), y) + 0.5 * commitment_loss(model)
+        opt.zero_grad()
+        loss.backward()
+        for n, m in nws_layers(model):
+            ref = exact_rows(m.vectors().detach(), m.pool)
+            assert torch.equal(m.indices, ref), f"step {step} layer {n}"
+            changes += int((m.indices != prev[n]).sum())
+            if m.d > 1:
+                skipped += m.num_vectors - m.search.last_searched
+        opt.step()
+    assert changes > 50          # kernels did cross decision boundaries
+    assert skipped > 0           # and the search was incremental, not exhaustive
+
+
+def test_random_walks_all_shapes_and_step_sizes():
+    g = torch.Generator().manual_seed(1)
+    for d, K in [(1, 37), (2, 16), (9, 64), (9, 1), (49, 5)]:
+        pool = _with_duplicates(torch.randn(K, d, generator=g), d)
+        w = torch.randn(3000, d, generator=g)
+        s = IncrementalSearch(pool)
+        for step in range(24):
+            assert torch.equal(s(w), exact_rows(w, pool)), (d, K, step)
+            scale = [1e-4, 1e-2, 0.3][step % 3]
+            w = w + scale * torch.randn(w.shape, generator=g)
+
+
+def test_exact_ties_take_the_lowest_index():
+    pool = torch.tensor([[2.0], [0.0], [1.0], [0.0]])
+    w = torch.tensor([[0.5], [1.5], [0.0], [-3.0]])
+    s = IncrementalSearch(pool)
+    assert s(w).tolist() == exact_rows(w, pool).tolist() == [1, 0, 1, 1]
+    pool2 = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]])
+    w2 = torch.tensor([[0.0, 0.0], [0.0, 5.0], [0.9, 0.0]])
+    s2 = IncrementalSearch(pool2)
+    for _ in range(3):  # repeated calls on tied rows keep re-checking them
+        assert s2(w2).tolist() == exact_rows(w2, pool2).tolist() == [0, 0, 0]
+
+
+def test_reset_forces_a_full_search_and_state_is_not_aliased():
+    pool = torch.randn(16, 9)
+    w = torch.randn(100, 9)
+    s = IncrementalSearch(pool)
+    first = s(w)
+    first[:] = 0  # the caller may modify what it got back
+    assert torch.equal(s(w), exact_rows(w, pool))
+    assert s.last_searched == 0
+    s.reset()
+    s(w)
+    assert s.last_searched == 100
+
+
+def test_layer_training_is_bit_identical_to_exact_search():
+    """Forward outputs, commitment and gradients equal those with the exhaustive search."""
+    torch.manual_seed(3)
+    pool = torch.randn(12, 9) * 0.3
+    layers = [NWSConv2d(4, 6, 3, pool, padding=1, search_factory=SEARCHES.get(n)) for n in ("exact", "incremental")]
+    layers[1].load_state_dict(layers[0].state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in layers]
+    x = torch.randn(2, 4, 5, 5)
+    for _ in range(10):
+        outs = []
+        for m, opt in zip(layers, opts):
+            out = m(x)
+            loss = out.square().mean() + 0.5 * m.commitment
+            opt.zero_grad()
+            loss.backward()
+            outs.append((out.detach(), m.commitment.detach(), m.weight.grad.clone(), m.indices.clone()))
+            opt.step()
+        for a, b in zip(*outs):
+            assert torch.equal(a, b)
