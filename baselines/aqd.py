@@ -29,7 +29,7 @@ from nws_avalanche.config import method_options
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, get_head, head_name, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, fresh_head
+from nws_avalanche.template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
 
 from .surgery import layers_of, replace_layers
 
@@ -159,8 +159,7 @@ class AQD(TaskIncrementalStrategy):
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, "aqd", AQDOptions)
-        model = assets.pretrained_model()
-        set_head(model, fresh_head(model.feature_dim, task_classes[0], cfg.seed))
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
         quantize_model(model, opts)
         super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, options=opts,
                          progress=progress)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, fresh_head
+from nws_avalanche.template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
 
 
 @METHODS.register("finetune")
@@ -15,8 +15,7 @@ class Finetune(TaskIncrementalStrategy):
     name = "finetune"
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
-        model = assets.pretrained_model()
-        set_head(model, fresh_head(model.feature_dim, task_classes[0], cfg.seed))
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
         super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, progress=progress)
 
     def prepare_task(self, t, num_classes):

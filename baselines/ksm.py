@@ -37,7 +37,7 @@ from nws_avalanche.container import pack_state, read_container, unpack_state, wr
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, fresh_head
+from nws_avalanche.template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
 
 from .surgery import bn_state, layers_of, replace_layers
 
@@ -102,8 +102,7 @@ class KSM(TaskIncrementalStrategy):
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, "ksm", KSMOptions)
-        model = assets.pretrained_model()
-        set_head(model, fresh_head(model.feature_dim, task_classes[0], cfg.seed))
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
         replace_layers(model, nn.Conv2d, lambda name, conv: KSMConv2d(conv, opts.temperature))
         super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, options=opts,
                          progress=progress)

@@ -38,7 +38,7 @@ from nws_avalanche.container import read_container, write_container
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, fresh_head
+from nws_avalanche.template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
 from nws_avalanche.training import build_optimizer
 
 from .surgery import bn_state, layers_of, replace_layers
@@ -101,8 +101,7 @@ class PackNet(TaskIncrementalStrategy):
             raise ConfigError(f"packnet keeps owner ids in 8 bits: at most 254 tasks (got {len(task_classes)})")
         self.retrain_epochs = (opts.retrain_epochs if opts.retrain_epochs is not None
                                else math.ceil(0.3 * cfg.epochs))
-        model = assets.pretrained_model()
-        set_head(model, fresh_head(model.feature_dim, task_classes[0], cfg.seed))
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
         replace_layers(model, nn.Conv2d, lambda name, conv: OwnedConv2d(conv))
         self.phase = "train"
         self.current = 0  # owner id of the task being trained

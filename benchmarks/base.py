@@ -8,7 +8,7 @@ already applied (train: augmentation; test: none).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from torch.utils.data import Dataset
 

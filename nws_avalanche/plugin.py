@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from avalanche.core import SupervisedPlugin
 
-from .layers import NWSConv2d, commitment_loss, nws_layers
+from .layers import commitment_loss, nws_layers
 from .nwsify import nwsify
 
 INITS = ("previous", "pretrained", "random")

@@ -16,7 +16,7 @@ from .nwsify import make_nws_layer, nwsify
 from .plugin import NWSPlugin
 from .codecs import DEFAULT_CODEC
 from .search import DEFAULT_SEARCH, SEARCHES
-from .template import TaskIncrementalStrategy, fresh_head
+from .template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
 
 
 @dataclass
@@ -38,8 +38,7 @@ class NWS(TaskIncrementalStrategy):
         opts = method_options(cfg, "nws", NWSOptions)
         self.search_factory = SEARCHES.get(opts.search)
         self.pools = assets.pools
-        model = assets.pretrained_model()
-        set_head(model, fresh_head(model.feature_dim, task_classes[0], cfg.seed))
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
         nwsify(model, self.pools.tables, opts.include_head, group_sizes=self.pools.group_sizes,
                search_factory=self.search_factory)
         self.plugin = NWSPlugin(beta=cfg.beta, init=opts.init, pretrained_state=assets.pretrained_state,

@@ -124,6 +124,15 @@ def _get_path(obj, path: str):
     return obj
 
 
+def pretrained_with_head(assets, num_classes: int, seed: int) -> nn.Module:
+    """The pretrained network with a fresh head for a task of ``num_classes`` (every method's start)."""
+    from .models import set_head
+
+    model = assets.pretrained_model()
+    set_head(model, fresh_head(model.feature_dim, num_classes, seed))
+    return model
+
+
 def fresh_head(in_features: int, num_classes: int, seed: int) -> nn.Linear:
     """A new bias-free task head, initialised deterministically from ``seed``."""
     gen = torch.Generator().manual_seed(seed)

@@ -35,3 +35,14 @@ def tiny_runs(tmp_path_factory):
     res = {m: json.loads((out / "split-digits" / m / "seed0" / "results.json").read_text())
            for m in ("nws", "finetune")}
     return out, res
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for tests of many tiny ops (and their subprocesses' sharing of the cores)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,12 +18,7 @@ from nws_avalanche.pools import PoolSet, layer_specs
 ARCH_CASES = [("resnet34", 1), ("mobilenet_v2", 4), ("vgg16", 1)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_pools(model, gs, K=8, seed=0):

@@ -11,12 +11,7 @@ from nws_avalanche.models import build_arch
 from nws_avalanche.pools import PoolSet, layer_vectors
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -47,13 +47,7 @@ def _worker(rank, world, port, cfg, result_dir):
     torch.distributed.destroy_process_group()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the test machine's cores are shared: intra-op threads only add contention at these sizes
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

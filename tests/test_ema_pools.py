@@ -10,12 +10,7 @@ from nws_avalanche.layers import NWSConv2d, commitment_loss
 from nws_avalanche.vq_ema import EMAConfig, PoolEMA
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_layer(pool, kernels):

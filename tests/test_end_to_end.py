@@ -1,10 +1,8 @@
 """The quickstart path on a reduced config: runs, rebuilds, no forgetting, honest memory."""
 import json
-import os
 
 import torch
 
-from nws_avalanche.errors import ArtifactError
 from nws_avalanche.layers import nws_layers
 from nws_avalanche.training import evaluate
 

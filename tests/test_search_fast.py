@@ -10,13 +10,7 @@ from nws_avalanche.perf import sample_pools
 from nws_avalanche.search import SEARCHES, IncrementalSearch, exact_rows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the machine is shared: two threads per process under contention are many times slower
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _with_duplicates(pool: torch.Tensor, seed: int) -> torch.Tensor:

@@ -2,7 +2,6 @@
 per index against the order-0 entropy; prints a summary and writes the figures as JSON."""
 from __future__ import annotations
 
-import json
 
 import torch
 
