@@ -92,11 +92,26 @@ def _notify(callbacks, t, acc, strategy, memory) -> None:
             cb(t, acc, strategy)
 
 
+def with_resolved_options(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the run's method options filled in with their defaults, so that config.yaml
+    and results.json say exactly what ran (codec, search, init, prune ratio, ...)."""
+    from dataclasses import asdict
+
+    from .config import method_options
+
+    cls = METHODS.get(cfg.method)
+    if getattr(cls, "Options", None) is None:
+        return cfg
+    opts = asdict(method_options(cfg, cfg.method, cls.Options))
+    return replace(cfg, method_options={**cfg.method_options, cfg.method: opts})
+
+
 def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: bool | None = None,
                callbacks=(), sweep: dict | None = None) -> dict:
     """Run (or resume, or skip when finished) one (benchmark, method, seed[, sweep point])."""
     cfg.validate()
     check_names(cfg)
+    cfg = with_resolved_options(cfg)
     rdir = run_dir(out, cfg, sweep)
     results_path = rdir / "results.json"
     if not overwrite:
