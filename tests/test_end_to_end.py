@@ -84,3 +84,27 @@ def test_rebuilt_model_reproduces_reported_accuracy(tiny_runs):
     for j in range(2):
         model = strat.rebuild_task(j, art)
         assert evaluate(model, bench.tasks[j].test) == res["nws"]["final_accuracy"][j]
+
+
+def test_fast_search_and_codec_do_not_change_results(tiny_runs, tmp_path):
+    """The exhaustive search with fixed-width codes gives the default run's accuracy matrix."""
+    from tests.conftest import tiny_config
+    from nws_avalanche.runner import run_single
+
+    out, res = tiny_runs
+    import shutil
+    shutil.copytree(out / "split-digits" / "_assist", tmp_path / "split-digits" / "_assist")  # same pools
+    cfg = tiny_config(method="nws", method_options={"nws": {"search": "exact", "codec": "bitpack"}})
+    slow = run_single(cfg, tmp_path, progress=False)
+    assert slow["config"]["method_options"]["nws"]["search"] == "exact"
+    assert res["nws"]["config"]["method_options"]["nws"]["search"] == "incremental"
+    assert slow["accuracy_matrix"] == res["nws"]["accuracy_matrix"]
+    from nws_avalanche.artifact import read_nws_task
+
+    for t in range(2):
+        name = f"task{t:03d}.nwst"
+        _, fast_idx, fast_state = read_nws_task(out / "split-digits" / "nws" / "seed0" / "artifacts" / name)
+        _, slow_idx, slow_state = read_nws_task(tmp_path / "split-digits" / "nws" / "seed0" / "artifacts" / name)
+        assert fast_idx.keys() == slow_idx.keys()
+        assert all((fast_idx[k] == slow_idx[k]).all() for k in fast_idx)  # same indices, decoded
+        assert all(torch.equal(fast_state[k], slow_state[k]) for k in fast_state)  # same BatchNorm
