@@ -85,8 +85,9 @@ class RunJob(_Checkpointable):
                             callbacks=cbs, sweep=spec.sweep)
         for cb in cbs:
             cb.finish(result)
+        per_task = result["memory_mib"]["per_task"]
         return {"run": spec.name, "average_accuracy": result["average_accuracy"],
-                "total_mib": result["memory_mib"]["total"]}
+                "mib_per_task": sum(per_task) / len(per_task), "total_mib": result["memory_mib"]["total"]}
 
     def checkpoint(self, *args, **kwargs):
         from submitit.helpers import DelayedSubmission

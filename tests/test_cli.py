@@ -68,3 +68,18 @@ def test_report_from_results(tiny_runs, tmp_path, capsys):
     figs = sorted(rep.glob("selection_split-digits_nws_seed0_task*.png"))
     assert len(figs) == 2 and all(f.stat().st_size > 1000 for f in figs)
     assert (rep / "selection_split-digits_nws_seed0.csv").is_file()
+
+
+def test_summary_table_lists_every_finished_run(capsys):
+    from nws_avalanche.commands.run import print_summary
+    from nws_avalanche.launch import Outcome
+
+    print_summary([Outcome("split-digits/nws/seed0", True, {"run": "split-digits/nws/seed0", "average_accuracy": 99.333,
+                                                           "mib_per_task": 0.12321, "total_mib": 1.0043}),
+                   Outcome("split-digits/finetune/seed0", True, {"run": "split-digits/finetune/seed0",
+                                                                "average_accuracy": 99.55, "mib_per_task": 2.6942,
+                                                                "total_mib": 13.4708})])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["run", "avg", "acc", "%", "MiB/task", "total", "MiB"]
+    assert lines[1].split() == ["split-digits/nws/seed0", "99.33", "0.1232", "1.0043"]
+    assert lines[2].split() == ["split-digits/finetune/seed0", "99.55", "2.6942", "13.4708"]

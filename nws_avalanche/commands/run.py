@@ -62,12 +62,24 @@ def main(args):
     if args.launcher == "slurm":
         print(f"\n{len(outcomes)} jobs submitted; follow them with: nws-bench status {out}")
         return 0
+    print_summary([o for o in outcomes if o.ok])
     print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} runs finished")
     if not args.no_report and len(failed) < len(outcomes):
         from reports.report import write_report
         path = write_report([out], out / "report")
         print(f"report: {path}")
     return 1 if failed else 0
+
+
+def print_summary(outcomes) -> None:
+    """The end-of-run table: one line per finished run."""
+    rows = [o.summary for o in outcomes if o.summary and "average_accuracy" in o.summary]
+    if not rows:
+        return
+    width = max(len(r["run"]) for r in rows) + 2
+    print(f"\n{'run':<{width}}{'avg acc %':>10}{'MiB/task':>11}{'total MiB':>11}")
+    for r in rows:
+        print(f"{r['run']:<{width}}{r['average_accuracy']:>10.2f}{r['mib_per_task']:>11.4f}{r['total_mib']:>11.4f}")
 
 
 command("run", "train and evaluate methods on benchmarks and seeds")((add_arguments, main))
