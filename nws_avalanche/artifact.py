@@ -20,6 +20,7 @@ from .container import pack_state, read_container, unpack_state, write_container
 from .errors import ArtifactError
 from .fastbuild import skip_weight_init
 from .layers import nws_layers
+from .models import get_head
 
 TASK_FORMAT = 1
 
@@ -68,15 +69,24 @@ def read_nws_task(path) -> tuple[dict, dict[str, np.ndarray], dict[str, torch.Te
     return header, indices, unpack_state(header["state"], blobs, "state/")
 
 
-def load_nws_task(path, build: Callable[[int], nn.Module], pool_fingerprint: str, pool_digest: str) -> nn.Module:
-    """Rebuild a task's model. ``build(num_classes)`` returns the NWS skeleton with the run's pools."""
+def load_nws_task(path, build: Callable[[int], nn.Module], pool_fingerprint: str, pool_digest: str,
+                  into: nn.Module | None = None) -> nn.Module:
+    """Rebuild a task's model. ``build(num_classes)`` returns the NWS skeleton with the run's pools.
+
+    ``into``: a resident model built by the same ``build`` (any task's); when its head has the
+    task's size, the task's indices and state are loaded into it in place (a task switch)
+    instead of building a new skeleton. Every value of the model is overwritten either way.
+    """
     header, indices, state = read_nws_task(path)
     if header["pool_fingerprint"] != pool_fingerprint or header["pool_digest"] != pool_digest:
         raise ArtifactError(f"{path}: written against other pools (fingerprint "
                             f"{header['pool_fingerprint']}, digest {header['pool_digest'][:12]}) than "
                             f"the run's pool file ({pool_fingerprint}, {pool_digest[:12]})")
-    with skip_weight_init():  # every value is loaded below; drawing random inits only costs time
-        model = build(header["num_classes"])
+    if into is not None and get_head(into).out_features == header["num_classes"]:
+        model = into
+    else:
+        with skip_weight_init():  # every value is loaded below; drawing random inits only costs time
+            model = build(header["num_classes"])
     layers = dict(nws_layers(model))
     if set(layers) != set(indices):
         raise ArtifactError(f"{path}: layers {sorted(set(layers) ^ set(indices))} differ from the model")

@@ -258,6 +258,16 @@ def measure(cfg: PerfConfig, device: str = "cpu", large: bool = False) -> dict:
         got = rebuilt.state_dict()
         same = set(ref) == set(got) and all(torch.equal(got[k], ref[k]) for k in ref)
         out["task_switch_s"] = {"median": _median(times), "min": min(times), "bit_identical": same}
+        # a deployed switch loads a task into the resident network instead of building a new one
+        resident = build(cfg.num_classes)
+        times = []
+        for _ in range(cfg.switch_repeats):
+            t = time.perf_counter()
+            load_nws_task(path, build, fp, digest, into=resident)
+            times.append(time.perf_counter() - t)
+        got = resident.state_dict()
+        same = set(ref) == set(got) and all(torch.equal(got[k], ref[k]) for k in ref)
+        out["task_switch_resident_s"] = {"median": _median(times), "min": min(times), "bit_identical": same}
         out["storage"] = _code_stats(path, nws, cfg.codec)
         out["artifact_bytes"] = _artifact_split(path, nws)
         rebuilt.to(dev)

@@ -68,3 +68,21 @@ def test_truncated_or_corrupted_artifact(tmp_path):
     (tmp_path / "bad.nwst").write_bytes(bytes(bad))
     with pytest.raises(ArtifactError, match="checksum"):
         load_nws_task(tmp_path / "bad.nwst", skeleton, pools.fingerprint, pools.digest)
+
+
+def test_load_into_resident_model_equals_cold_rebuild(tmp_path):
+    """A task switch into a resident network gives the same model as a fresh rebuild."""
+    model, pools = _trained_model(tmp_path)
+    path = save_nws_task(tmp_path / "t.nwst", model, task=0, arch="resnet-tiny", num_classes=3,
+                         pool_fingerprint=pools.fingerprint, pool_digest=pools.digest)
+    skeleton = lambda c: nwsify(build_arch("resnet-tiny", c, in_channels=1), pools.tables, search_now=False)
+    resident = skeleton(3)
+    x = torch.randn(4, 1, 16, 16)
+    resident.eval()
+    resident(x)  # fills its rebuilt-weight cache with other indices: the switch must invalidate it
+    same = load_nws_task(path, skeleton, pools.fingerprint, pools.digest, into=resident)
+    assert same is resident
+    with torch.no_grad():
+        assert torch.equal(resident(x), model(x))
+    other = load_nws_task(path, skeleton, pools.fingerprint, pools.digest, into=skeleton(5))
+    assert other is not resident and other.fc.out_features == 3  # head size differs: a new skeleton

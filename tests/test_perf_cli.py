@@ -24,6 +24,7 @@ def test_perf_writes_all_figures(tmp_path, capsys):
     assert r["exactness"]["mismatches"] == 0
     assert r["exactness"]["index_changes"] > 0
     assert r["task_switch_s"]["bit_identical"] is True
+    assert r["task_switch_resident_s"]["bit_identical"] is True
     split = r["artifact_bytes"]
     assert split["codes"] + split["bn"] + split["head"] + split["other_state"] + split["header"] == split["total"]
     assert split["codes"] == sum(row["bytes"] for row in r["storage"]["layers"])

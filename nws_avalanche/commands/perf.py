@@ -44,8 +44,11 @@ def _report(r: dict) -> list[str]:
         ev = r["eval_images_per_s"]
         lines.append(f"  eval: rebuilt {ev['rebuilt']:.0f} img/s, plain {ev['plain']:.0f} img/s, ratio {ev['ratio']:.3f}")
         ts = r["task_switch_s"]
-        lines.append(f"  task switch (load artifact -> model): median {ts['median'] * 1e3:.1f} ms, "
+        lines.append(f"  task switch, cold (load artifact -> new model): median {ts['median'] * 1e3:.1f} ms, "
                      f"min {ts['min'] * 1e3:.1f} ms, bit-identical {ts['bit_identical']}")
+        tr = r["task_switch_resident_s"]
+        lines.append(f"  task switch into the resident network (indices + BN, no new skeleton): median "
+                     f"{tr['median'] * 1e3:.1f} ms, min {tr['min'] * 1e3:.1f} ms, bit-identical {tr['bit_identical']}")
         st = r["storage"]
         lines.append(f"  codes ({st['codec']}): layer  n  K  bits/idx  H0 bits/idx  overhead")
         for row in st["layers"]:
