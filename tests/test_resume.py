@@ -58,7 +58,8 @@ def _copy_assist(src, dst):
     shutil.copytree(src / "split-digits" / "_assist", dst / "split-digits" / "_assist")
 
 
-@pytest.mark.parametrize("method,sets", [("nws", []), ("nws", ["nws.init=random"]), ("finetune", [])])
+@pytest.mark.parametrize("method,sets", [("nws", []), ("nws", ["nws.init=random"]), ("finetune", []),
+                                         ("packnet", []), ("ksm", []), ("aqd", [])])
 def test_interrupted_then_resumed_equals_uninterrupted(assist, tmp_path, method, sets):
     from nws_avalanche.config import build_config
     from nws_avalanche.runner import run_dir, run_single
