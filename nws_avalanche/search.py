@@ -133,8 +133,8 @@ class IncrementalSearch:
     rounding, so the reference agrees; the moved distance is inflated by its float32 error
     bound. Rows that cannot be decided this way (near-ties) are answered by the float64
     reference ``exact_rows`` and get radius 0 (re-checked every call). Duplicate pool rows are
-    dropped first (``_dedupe_rows``). For ``d == 1`` (1x1 convs, the head) a sorted-pool
-    neighbour search is exact and cheap, so it runs on every call. Answers equal
+    dropped first (``_dedupe_rows``). For ``d == 1`` (1x1 convs, the head) the sorted-pool
+    search ``_nearest_1d`` (the one ``nearest`` uses) is exact and cheap, so it runs on every call. Answers equal
     ``exact_rows`` (float64 ``cdist`` + ``argmin``, lowest index on ties).
     """
 
@@ -156,10 +156,7 @@ class IncrementalSearch:
         d = full.shape[1]
         self._gemm_c = 2 * (d + 2) * torch.finfo(torch.float32).eps
         self._slack = 1.0 + 4 * (d + 4) * torch.finfo(torch.float32).eps
-        self._sorted1d = None
-        if d == 1 and self._pool.shape[0] > 1:
-            v, order = self._pool64.reshape(-1).sort()
-            self._sorted1d = (v, order)
+        self._one_d = d == 1 and self._pool.shape[0] > 1
         self._ready = True
 
     def reset(self) -> None:
@@ -213,31 +210,13 @@ class IncrementalSearch:
         return idx, r2
 
     @torch.no_grad()
-    def _search_1d(self, w: torch.Tensor) -> torch.Tensor:
-        """d = 1: the nearest value is a neighbour in the sorted pool; O(N log K), exact."""
-        x = w.reshape(-1).double()
-        vals, order = self._sorted1d
-        hi = torch.searchsorted(vals, x).clamp_(1, len(vals) - 1)
-        lo = hi - 1
-        dl, dh = (x - vals[lo]).abs(), (vals[hi] - x).abs()
-        a, b = self._keep[order[lo]], self._keep[order[hi]]
-        out = torch.where((dh < dl) | ((dh == dl) & (b < a)), b, a)
-        # near-ties are left to the float64 reference so that its rounding decides, as in `nearest`
-        # (squared gaps: the float64 reference compares x^2 - 2xp + p^2, whose error is ~eps (|x|+|p|)^2)
-        thr = 64 * torch.finfo(torch.float64).eps * (x.abs() + vals.abs().max()) ** 2
-        unsure = torch.nonzero((dh * dh - dl * dl).abs() <= thr).flatten()
-        if unsure.numel():
-            out[unsure] = exact_rows(w[unsure], self._full)
-        return out
-
-    @torch.no_grad()
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         w = w.detach().float()
         if not self._ready:
             self._prepare()
-        if self._sorted1d is not None:
+        if self._one_d:  # exact and O(n log K): cheaper than tracking radii
             self.last_searched = w.shape[0]
-            return self._search_1d(w)
+            return _nearest_1d(w, self._full)
         if self._anchor is None or self._anchor.shape != w.shape or self._anchor.device != w.device:
             self._idx, self._r2 = self._search_rows(w)
             self._anchor = w.clone()

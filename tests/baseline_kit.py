@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -14,7 +13,6 @@ from nws_avalanche.config import build_config
 from nws_avalanche.methods import METHODS, load_all
 from nws_avalanche.models import build_arch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 ARCH, SIZE = "resnet-tiny", 12
 
 

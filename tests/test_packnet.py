@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from baselines.packnet import BACKBONE_FILE, OwnedConv2d
+from baselines.packnet import BACKBONE_FILE
 from nws_avalanche.container import read_container
 from nws_avalanche.errors import ConfigError
 from tests.baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
@@ -100,4 +100,3 @@ def test_cli_run_memory_equals_files(tmp_path):
     res = cli_run("packnet", tmp_path)
     assert_memory_is_files(res, tmp_path, "packnet")
     assert res["memory_mib"]["files"]["assist"] == [BACKBONE_FILE]
-    assert isinstance(OwnedConv2d, type)
