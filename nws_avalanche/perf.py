@@ -64,6 +64,9 @@ class _TimedSearch:
     def reset(self):
         self.inner.reset()
 
+    def __getattr__(self, name):  # the searcher's counters (``calls``, ``changed``, ...)
+        return getattr(self.inner, name)
+
 
 def sample_pools(model: nn.Module, K: int, seed: int) -> dict[str, torch.Tensor]:
     """Pools drawn from the network's own (random-init) kernels: K distinct rows per layer."""

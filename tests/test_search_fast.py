@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nws_avalanche import kernels
 from nws_avalanche.layers import NWSConv2d, commitment_loss, nws_layers
 from nws_avalanche.models import build_arch
 from nws_avalanche.nwsify import nwsify
@@ -11,6 +12,16 @@ from nws_avalanche.search import SEARCHES, IncrementalSearch, exact_rows
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(params=["numba", "torch"], autouse=True)
+def kernel_path(request):
+    """Every test runs on the fused CPU kernels and on the torch path (the one GPUs take)."""
+    old = kernels.set_enabled(request.param == "numba")
+    if request.param == "numba" and not kernels.enabled():
+        pytest.skip("numba is not importable here")
+    yield request.param
+    kernels.set_enabled(old)
 
 
 def _with_duplicates(pool: torch.Tensor, seed: int) -> torch.Tensor:
@@ -101,3 +112,51 @@ def test_layer_training_is_bit_identical_to_exact_search():
             opt.step()
         for a, b in zip(*outs):
             assert torch.equal(a, b)
+
+
+def test_incremental_search_survives_reset_cycles_and_pool_sizes_below_candidates():
+    """Pools with fewer distinct rows than the candidate list, a single row, and d = 49."""
+    g = torch.Generator().manual_seed(5)
+    for d, K in [(9, 3), (9, 8), (9, 9), (49, 12), (4, 1)]:
+        pool = torch.randn(K, d, generator=g)
+        w = torch.randn(500, d, generator=g) * 2
+        s = IncrementalSearch(pool)
+        for step in range(12):
+            assert torch.equal(s(w), exact_rows(w, pool)), (d, K, step)
+            if step == 6:
+                s.reset()
+            w = w + 0.2 * torch.randn(w.shape, generator=g)
+
+
+def test_non_finite_weights_are_searched_every_time():
+    pool = torch.randn(16, 9)
+    w = torch.randn(50, 9)
+    s = IncrementalSearch(pool)
+    s(w)
+    w[3, 2] = float("nan")
+    w[7, 0] = float("inf")
+    s(w)
+    assert s.last_searched >= 2
+    w[3, 2], w[7, 0] = 0.0, 0.0
+    assert torch.equal(s(w), exact_rows(w, pool))
+
+
+def test_straight_through_kernel_is_bit_identical_to_the_unfused_expression():
+    """w + sg(q - w) and the gradient g - (c / n)(2 (q - w)) equal eager autograd's, on either path."""
+    from nws_avalanche.layers import _StraightThrough
+    g = torch.Generator().manual_seed(2)
+    for trial in range(6):
+        n = 500 + 37 * trial
+        w0 = torch.randn(n, 9, generator=g) * 10 ** (trial - 3)
+        q = torch.randn(n, 9, generator=g) * w0.std()
+        gout = torch.randn(n, 9, generator=g)
+        beta = 0.1 + trial
+        w = w0.clone().requires_grad_()
+        diff = q - w
+        ((w + diff.detach()) * gout).sum().add(beta * diff.pow(2).sum(1).mean()).backward()
+        w2 = w0.clone().requires_grad_()
+        out, commit = _StraightThrough.apply(w2, q)
+        ((out * gout).sum() + beta * commit).backward()
+        assert torch.equal(out, w0 + (q - w0))
+        assert torch.equal(w.grad, w2.grad)
+        assert torch.allclose(commit, diff.pow(2).sum(1).mean(), rtol=1e-5)

@@ -1,0 +1,309 @@
+"""Fused CPU loops (numba) for the two per-step passes over every weight of an NWS network.
+
+Eager torch would make each of these several passes with weight-sized temporaries; on a CPU
+training step they are memory-bound, so one fused pass is what brings NWS near plain training.
+Each kernel has a torch twin (used on GPUs, for other dtypes, or with ``NWS_KERNELS=torch``);
+tests check that both give bit-identical values or, for the search, exact answers.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+import numpy as np
+import torch
+
+try:  # numba is a dependency; the guard keeps the package importable where it cannot load
+    import numba
+    from numba import njit, prange
+except Exception:  # pragma: no cover - exercised only on broken installs
+    numba = None
+else:
+    # GNU OpenMP, numba's default layer here, aborts the process when it forks (DataLoader
+    # workers, launchers); the built-in work queue is fork-safe but not re-entrant: _LOCK.
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
+_LOCK = threading.Lock()
+
+_ENABLED = numba is not None and os.environ.get("NWS_KERNELS", "numba") != "torch"
+
+
+def enabled() -> bool:
+    return _ENABLED
+
+
+def set_enabled(flag: bool) -> bool:
+    """Switch the fused kernels on or off (tests compare both paths); returns the old setting."""
+    global _ENABLED
+    old = _ENABLED
+    _ENABLED = bool(flag) and numba is not None
+    return old
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the fused CPU path applies: kernels on, float32, contiguous CPU tensors."""
+    return _ENABLED and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+                            for t in tensors)
+
+
+def _threads() -> None:
+    # follow torch's setting so that a run limited to one thread stays on one core
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+if numba is not None:
+    @njit(parallel=True, nogil=True, cache=True)
+    def _ste_forward(w, q, out):  # pragma: no cover - compiled
+        acc = 0.0
+        for i in prange(w.size):
+            d = q[i] - w[i]
+            out[i] = w[i] + d
+            acc += np.float64(d) * np.float64(d)
+        return acc
+
+    @njit(parallel=True, nogil=True, cache=True)
+    def _ste_backward(w, q, g, c, out):  # pragma: no cover - compiled
+        two = np.float32(2.0)
+        for i in prange(w.size):
+            out[i] = g[i] - c * ((q[i] - w[i]) * two)
+
+    _E = 2.220446049250313e-16  # float64 epsilon
+
+    @njit(nogil=True, cache=True, inline="always")
+    def _dist2(w, i, pool, c):  # pragma: no cover - compiled
+        t2 = 0.0
+        for k in range(w.shape[1]):
+            t = np.float64(w[i, k]) - pool[c, k]
+            t2 += t * t
+        return t2
+
+    @njit(nogil=True, cache=True, inline="always")
+    def _settle(w, i, cand, pool, bound, eps64c, pnorm, dist):  # pragma: no cover - compiled
+        """Decide row i from its candidates, every other row being at least ``bound`` away.
+        Returns (sure, position of the winner in cand[i], safe squared radius); ``dist``: scratch."""
+        e = _E
+        m = cand.shape[1]
+        d = w.shape[1]
+        best = np.inf
+        bj = 0
+        for j in range(m):
+            t2 = _dist2(w, i, pool, cand[i, j])
+            dist[j] = t2
+            if t2 < best:
+                best = t2
+                bj = j
+        hi_b = best * (1.0 + 2.0 * e)
+        e64 = eps64c * (math.sqrt(hi_b) + 2.0 * pnorm) ** 2
+        hi_m = hi_b + 8.0 * e64
+        outside = bound * bound if bound > 0.0 else 0.0
+        if not (hi_m < outside):
+            return False, bj, 0.0
+        b = cand[i, bj]
+        face = np.inf
+        for j in range(m):
+            if j == bj:
+                continue
+            lo = dist[j] * (1.0 - 2.0 * e)
+            if not (hi_m < lo):
+                return False, bj, 0.0
+            if lo == np.inf:  # padding: no such row
+                continue
+            c = cand[i, j]
+            g2 = 0.0  # ||p_b - p_c||, computed here: cheaper than a cache miss in a K x K table
+            for k in range(d):
+                t = pool[b, k] - pool[c, k]
+                g2 += t * t
+            f = (lo - hi_m) / (math.sqrt(g2) * (1.0 + 4.0 * (d + 2) * e))
+            if f < face:
+                face = f
+        face *= 0.5 * (1.0 - 8.0 * e)
+        u1 = math.sqrt(hi_b + e64) * (1.0 + 2.0 * e)
+        l2 = math.sqrt(max(outside - e64, 0.0)) * (1.0 - 2.0 * e)
+        rest = (l2 - u1 - 4.0 * e64 / max(l2 + u1, 1e-300)) * (0.5 * (1.0 - 4.0 * e))
+        rad = max(min(face, rest), 0.0)
+        return True, bj, rad * rad * (1.0 - 1e-6)  # stored as float32: must not round up
+
+    @njit(nogil=True, cache=True)
+    def _scan(w, i, cand, pool, kd, scratch):  # pragma: no cover - compiled
+        """Full float64 scan of row i: its nearest rows into cand[i] (padding kd), and a lower
+        bound on the distance to every other row."""
+        m = cand.shape[1]
+        top = min(m + 1, kd)
+        cnt = 0
+        for c in range(kd):
+            t2 = _dist2(w, i, pool, c)
+            if cnt < top:
+                pos = cnt
+                cnt += 1
+            elif t2 < scratch[top - 1, 0]:
+                pos = top - 1
+            else:
+                continue
+            while pos > 0 and scratch[pos - 1, 0] > t2:
+                scratch[pos, 0] = scratch[pos - 1, 0]
+                scratch[pos, 1] = scratch[pos - 1, 1]
+                pos -= 1
+            scratch[pos, 0] = t2
+            scratch[pos, 1] = c
+        for j in range(m):
+            cand[i, j] = np.int32(scratch[j, 1]) if j < min(m, kd) else kd
+        if kd <= m:
+            return np.inf
+        # float64 distances from float32 inputs are within a relative (d+1) eps of the truth
+        lo = scratch[m, 0] * (1.0 - 2.0 * (w.shape[1] + 2) * _E)
+        return math.sqrt(max(lo, 0.0)) * (1.0 - 2.0 * _E)
+
+    @njit(parallel=True, nogil=True, cache=True)
+    def _cells(x, idx, lo, hi, values, first, clo, chi, flag):  # pragma: no cover - compiled
+        """1-D search: values that left their cell are searched again (``_SortedPool1D.search``)."""
+        count = 0
+        last = values.shape[0] - 1
+        for i in prange(x.shape[0]):
+            if x[i] >= lo[i] and x[i] <= hi[i]:
+                flag[i] = False
+                continue
+            flag[i] = True
+            count += 1
+            v = np.float64(x[i])
+            if np.isnan(v):  # sorts last, as in torch.searchsorted
+                pos = last + 1
+            else:
+                a, b = 0, last + 1
+                while a < b:
+                    mid = (a + b) // 2
+                    if values[mid] < v:
+                        a = mid + 1
+                    else:
+                        b = mid
+                pos = a
+            l = max(pos - 1, 0)
+            h = min(pos, last)
+            dl = abs(v - values[l])
+            dh = abs(v - values[h])
+            if dl == dh and l != h:
+                idx[i] = min(first[l], first[h])
+                lo[i] = np.inf
+                hi[i] = -np.inf
+            else:
+                c = l if dl <= dh else h
+                idx[i] = first[c]
+                lo[i] = clo[c]
+                hi[i] = chi[c]
+        return count
+
+    @njit(parallel=True, nogil=True, cache=True)
+    def _track(w, anchor, r2, idx, cand, bound, pool, keep, slack, eps64c, pnorm, kd,
+               full, status, scratch):  # pragma: no cover - compiled
+        n, d = w.shape
+        rescored = 0
+        scanned = 0
+        ties = 0
+        changed = 0
+        for i in prange(n):
+            if not full:
+                s = 0.0
+                for k in range(d):
+                    t = np.float64(w[i, k]) - np.float64(anchor[i, k])
+                    s += t * t
+                moved = s * slack
+                if moved < r2[i]:
+                    status[i] = 0
+                    continue
+                # tier 2: the candidates, every other row at least bound - delta away
+                delta = math.sqrt(moved) * (1.0 + 1e-9)
+                newb = bound[i] * (1.0 - 4.0 * _E) - delta * (1.0 + 4.0 * _E)
+                sure, bj, rad2 = _settle(w, i, cand, pool, newb, eps64c, pnorm, scratch[numba.get_thread_id(), :, 0])
+                if sure:
+                    r2[i] = np.float32(rad2)
+                    new = keep[cand[i, bj]]
+                    bound[i] = newb
+                    for k in range(d):
+                        anchor[i, k] = w[i, k]
+                    if new != idx[i]:
+                        idx[i] = new
+                        status[i] = 5
+                        changed += 1
+                    else:
+                        status[i] = 1
+                    rescored += 1
+                    continue
+            # tier 3: full scan
+            newb = _scan(w, i, cand, pool, kd, scratch[numba.get_thread_id()])
+            sure, bj, rad2 = _settle(w, i, cand, pool, newb, eps64c, pnorm, scratch[numba.get_thread_id(), :, 0])
+            bound[i] = newb
+            for k in range(d):
+                anchor[i, k] = w[i, k]
+            scanned += 1
+            if sure:
+                r2[i] = np.float32(rad2)
+                new = keep[cand[i, bj]]
+                if full or new != idx[i]:
+                    idx[i] = new
+                    status[i] = 6
+                    changed += 1
+                else:
+                    status[i] = 2
+            else:  # a near-tie: the caller asks the float64 reference (and counts it as changed)
+                r2[i] = 0.0
+                status[i] = 7
+                ties += 1
+                changed += 1
+        return rescored + scanned, scanned, ties, changed
+
+
+_NONE = torch.zeros(0, dtype=torch.long)
+
+
+def cells(x: torch.Tensor, idx, lo, hi, sorted_pool) -> torch.Tensor:
+    """``IncrementalSearch`` for d = 1: values of ``x`` (float32 [n]) outside their cell
+    ``[lo, hi]`` are searched again; updates ``idx``, ``lo``, ``hi``; returns those rows."""
+    _threads()
+    flag = np.empty(x.shape[0], dtype=np.bool_)
+    sp = sorted_pool
+    with _LOCK:
+        count = _cells(x.numpy(), idx.numpy(), lo.numpy(), hi.numpy(), sp.values.numpy(), sp.first.numpy(),
+                       sp.lo.numpy(), sp.hi.numpy(), flag)
+    if count:
+        return torch.from_numpy(np.flatnonzero(flag))
+    return _NONE
+_SCRATCH: dict = {}
+
+
+def ste_forward(w: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(w + (q - w), sum (q - w)^2)`` in one pass (float32 values identical to eager torch)."""
+    _threads()
+    out = torch.empty_like(w)
+    with _LOCK:
+        acc = _ste_forward(w.detach().view(-1).numpy(), q.view(-1).numpy(), out.view(-1).numpy())
+    return out, acc
+
+
+def ste_backward(w: torch.Tensor, q: torch.Tensor, g: torch.Tensor, c: float) -> torch.Tensor:
+    """``g - c (2 (q - w))`` in one pass, bit-identical to eager torch's unfused gradient."""
+    _threads()
+    out = torch.empty_like(g)
+    with _LOCK:
+        _ste_backward(w.detach().view(-1).numpy(), q.view(-1).numpy(), g.view(-1).numpy(),
+                      np.float32(c), out.view(-1).numpy())
+    return out
+
+
+def track(w, anchor, r2, idx, cand, bound, pool64_pad, keep, slack, eps64c, pnorm, full: bool):
+    """Tiers 1-3 of ``IncrementalSearch`` in one pass (``full``: tier 3 for every row); updates the
+    state in place. Returns (rows left to the float64 reference, rows whose index may have changed,
+    number of rows re-scored, number of rows scanned)."""
+    _threads()
+    status = np.empty(w.shape[0], dtype=np.int8)
+    key = (numba.config.NUMBA_NUM_THREADS, cand.shape[1] + 1)
+    scratch = _SCRATCH.get(key)
+    if scratch is None:  # per-thread sorting space of the full scan
+        scratch = _SCRATCH[key] = np.empty((key[0], key[1], 2))
+    args = (w.numpy(), anchor.numpy(), r2.numpy(), idx.numpy(), cand.numpy(), bound.numpy(),
+            pool64_pad.numpy(), keep.numpy(), float(slack), float(eps64c), float(pnorm),
+            int(pool64_pad.shape[0] - 1), bool(full), status, scratch)
+    with _LOCK:
+        rescored, scanned, ties, changed = _track(*args)
+    left = torch.from_numpy(np.flatnonzero(status == 7)) if ties else _NONE
+    moved = torch.from_numpy(np.flatnonzero(status >= 5)) if changed else _NONE
+    return left, moved, rescored, scanned
