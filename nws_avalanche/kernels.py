@@ -1,32 +1,42 @@
-"""Fused CPU loops (numba) for the two per-step passes over every weight of an NWS network.
+"""Fused CPU loops (numba) for the per-step passes over every weight of an NWS network.
 
 Eager torch would make each of these several passes with weight-sized temporaries; on a CPU
 training step they are memory-bound, so one fused pass is what brings NWS near plain training.
 Each kernel has a torch twin (used on GPUs, for other dtypes, or with ``NWS_KERNELS=torch``);
 tests check that both give bit-identical values or, for the search, exact answers.
+
+The kernels are serial numba builds that release the GIL; a big pass is cut in two halves, one
+run on a helper thread. (numba's own parallel layers were slower here, or abort the process
+when it forks, as DataLoader workers do.)
 """
 from __future__ import annotations
 
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 try:  # numba is a dependency; the guard keeps the package importable where it cannot load
     import numba
-    from numba import njit, prange
+    from numba import njit
 except Exception:  # pragma: no cover - exercised only on broken installs
     numba = None
-else:
-    # GNU OpenMP, numba's default layer here, aborts the process when it forks (DataLoader
-    # workers, launchers); the built-in work queue is fork-safe but not re-entrant: _LOCK.
-    if "NUMBA_THREADING_LAYER" not in os.environ:
-        numba.config.THREADING_LAYER = "workqueue"
-_LOCK = threading.Lock()
 
 _ENABLED = numba is not None and os.environ.get("NWS_KERNELS", "numba") != "torch"
+_LOCK = threading.Lock()  # one caller at a time: the halves of a pass share the helper thread
+_HELPER: ThreadPoolExecutor | None = None
+SPLIT_FROM = 1 << 20  # values touched by a pass from which it runs on two threads
+
+
+def _forget_helper() -> None:  # a forked child has no helper thread: make a new one on demand
+    global _HELPER
+    _HELPER = None
+
+
+os.register_at_fork(after_in_child=_forget_helper)
 
 
 def enabled() -> bool:
@@ -47,25 +57,37 @@ def usable(*tensors: torch.Tensor) -> bool:
                             for t in tensors)
 
 
-def _threads() -> None:
-    # follow torch's setting so that a run limited to one thread stays on one core
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+def _halves(n: int, work: int, run):
+    """``run(a, b)`` over [0, n): in two halves on two threads when the pass is big and torch
+    may use two threads (a run limited to one thread stays on one core); returns the results."""
+    global _HELPER
+    if n < 2 or work < SPLIT_FROM or torch.get_num_threads() < 2:
+        return [run(0, n)]
+    if _HELPER is None:
+        _HELPER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nws-kernels")
+    h = n // 2
+    other = _HELPER.submit(run, h, n)
+    try:
+        first = run(0, h)
+    finally:
+        second = other.result()
+    return [first, second]
 
 
 if numba is not None:
-    @njit(parallel=True, nogil=True, cache=True)
+    @njit(nogil=True, cache=True)
     def _ste_forward(w, q, out):  # pragma: no cover - compiled
         acc = 0.0
-        for i in prange(w.size):
+        for i in range(w.size):
             d = q[i] - w[i]
             out[i] = w[i] + d
             acc += np.float64(d) * np.float64(d)
         return acc
 
-    @njit(parallel=True, nogil=True, cache=True)
+    @njit(nogil=True, cache=True)
     def _ste_backward(w, q, g, c, out):  # pragma: no cover - compiled
         two = np.float32(2.0)
-        for i in prange(w.size):
+        for i in range(w.size):
             out[i] = g[i] - c * ((q[i] - w[i]) * two)
 
     _E = 2.220446049250313e-16  # float64 epsilon
@@ -79,21 +101,31 @@ if numba is not None:
         return t2
 
     @njit(nogil=True, cache=True, inline="always")
-    def _settle(w, i, cand, pool, bound, eps64c, pnorm, dist):  # pragma: no cover - compiled
+    def _dist2f(w, i, pool, c):  # pragma: no cover - compiled
+        # in the pool's precision: float32 (re-scoring) or float64 (after a full scan)
+        t2 = pool.dtype.type(0.0)
+        for k in range(w.shape[1]):
+            t = pool.dtype.type(w[i, k]) - pool[c, k]
+            t2 += t * t
+        return t2
+
+    @njit(nogil=True, cache=True, inline="always")
+    def _settle(w, i, cand, pool, rel, gaps, bound, eps64c, pnorm, dist):  # pragma: no cover - compiled
         """Decide row i from its candidates, every other row being at least ``bound`` away.
-        Returns (sure, position of the winner in cand[i], safe squared radius); ``dist``: scratch."""
+        Returns (sure, position of the winner in cand[i], safe squared radius). ``gaps``: the
+        pool's pairwise distances, rounded up (float32, small enough to stay in cache). ``pool``:
+        float32 (distances summed in float32) or float64; each distance is within a relative
+        ``rel`` of the exact one. ``dist``: space for the candidates' distances (one per thread)."""
         e = _E
         m = cand.shape[1]
-        d = w.shape[1]
         best = np.inf
         bj = 0
         for j in range(m):
-            t2 = _dist2(w, i, pool, cand[i, j])
+            t2 = np.float64(_dist2f(w, i, pool, cand[i, j]))
             dist[j] = t2
-            if t2 < best:
-                best = t2
-                bj = j
-        hi_b = best * (1.0 + 2.0 * e)
+            bj = j if t2 < best else bj  # selects, not branches: the winner's slot is random
+            best = min(t2, best)
+        hi_b = best * (1.0 + rel)
         e64 = eps64c * (math.sqrt(hi_b) + 2.0 * pnorm) ** 2
         hi_m = hi_b + 8.0 * e64
         outside = bound * bound if bound > 0.0 else 0.0
@@ -104,17 +136,11 @@ if numba is not None:
         for j in range(m):
             if j == bj:
                 continue
-            lo = dist[j] * (1.0 - 2.0 * e)
+            c = cand[i, j]
+            lo = dist[j] * (1.0 - rel)
             if not (hi_m < lo):
                 return False, bj, 0.0
-            if lo == np.inf:  # padding: no such row
-                continue
-            c = cand[i, j]
-            g2 = 0.0  # ||p_b - p_c||, computed here: cheaper than a cache miss in a K x K table
-            for k in range(d):
-                t = pool[b, k] - pool[c, k]
-                g2 += t * t
-            f = (lo - hi_m) / (math.sqrt(g2) * (1.0 + 4.0 * (d + 2) * e))
+            f = (lo - hi_m) / gaps[b, c]
             if f < face:
                 face = f
         face *= 0.5 * (1.0 - 8.0 * e)
@@ -125,11 +151,14 @@ if numba is not None:
         return True, bj, rad * rad * (1.0 - 1e-6)  # stored as float32: must not round up
 
     @njit(nogil=True, cache=True)
-    def _scan(w, i, cand, pool, kd, scratch):  # pragma: no cover - compiled
+    def _scan(w, i, cand, pool, kd):  # pragma: no cover - compiled
         """Full float64 scan of row i: its nearest rows into cand[i] (padding kd), and a lower
         bound on the distance to every other row."""
         m = cand.shape[1]
         top = min(m + 1, kd)
+        # sorted (distance, row) pairs; allocated per row (no thread ids: cached machine code
+        # must not depend on the threading layer loaded at run time), full scans are rare
+        scratch = np.empty((top, 2))
         cnt = 0
         for c in range(kd):
             t2 = _dist2(w, i, pool, c)
@@ -154,12 +183,12 @@ if numba is not None:
         lo = scratch[m, 0] * (1.0 - 2.0 * (w.shape[1] + 2) * _E)
         return math.sqrt(max(lo, 0.0)) * (1.0 - 2.0 * _E)
 
-    @njit(parallel=True, nogil=True, cache=True)
+    @njit(nogil=True, cache=True)
     def _cells(x, idx, lo, hi, values, first, clo, chi, flag):  # pragma: no cover - compiled
         """1-D search: values that left their cell are searched again (``_SortedPool1D.search``)."""
         count = 0
         last = values.shape[0] - 1
-        for i in prange(x.shape[0]):
+        for i in range(x.shape[0]):
             if x[i] >= lo[i] and x[i] <= hi[i]:
                 flag[i] = False
                 continue
@@ -192,28 +221,31 @@ if numba is not None:
                 hi[i] = chi[c]
         return count
 
-    @njit(parallel=True, nogil=True, cache=True)
-    def _track(w, anchor, r2, idx, cand, bound, pool, keep, slack, eps64c, pnorm, kd,
-               full, status, scratch):  # pragma: no cover - compiled
+    @njit(nogil=True, cache=True)
+    def _track(w, anchor, r2, idx, cand, bound, pool, pool32, rel, gaps, keep, slack, eps64c, pnorm, kd,
+               full, status):  # pragma: no cover - compiled
         n, d = w.shape
+        dist = np.empty(cand.shape[1])
+        rel64 = 2.0 * (d + 2) * _E
         rescored = 0
         scanned = 0
         ties = 0
         changed = 0
-        for i in prange(n):
+        for i in range(n):
             if not full:
-                s = 0.0
+                # float32 (vectorises); its rounding is inside ``slack``, as on the torch path
+                s = np.float32(0.0)
                 for k in range(d):
-                    t = np.float64(w[i, k]) - np.float64(anchor[i, k])
+                    t = w[i, k] - anchor[i, k]
                     s += t * t
-                moved = s * slack
+                moved = np.float64(s) * slack
                 if moved < r2[i]:
                     status[i] = 0
                     continue
                 # tier 2: the candidates, every other row at least bound - delta away
                 delta = math.sqrt(moved) * (1.0 + 1e-9)
                 newb = bound[i] * (1.0 - 4.0 * _E) - delta * (1.0 + 4.0 * _E)
-                sure, bj, rad2 = _settle(w, i, cand, pool, newb, eps64c, pnorm, scratch[numba.get_thread_id(), :, 0])
+                sure, bj, rad2 = _settle(w, i, cand, pool32, rel, gaps, newb, eps64c, pnorm, dist)
                 if sure:
                     r2[i] = np.float32(rad2)
                     new = keep[cand[i, bj]]
@@ -229,8 +261,9 @@ if numba is not None:
                     rescored += 1
                     continue
             # tier 3: full scan
-            newb = _scan(w, i, cand, pool, kd, scratch[numba.get_thread_id()])
-            sure, bj, rad2 = _settle(w, i, cand, pool, newb, eps64c, pnorm, scratch[numba.get_thread_id(), :, 0])
+            newb = _scan(w, i, cand, pool, kd)
+            # decided in float64: only ties at that precision are left to the reference
+            sure, bj, rad2 = _settle(w, i, cand, pool, rel64, gaps, newb, eps64c, pnorm, dist)
             bound[i] = newb
             for k in range(d):
                 anchor[i, k] = w[i, k]
@@ -258,52 +291,51 @@ _NONE = torch.zeros(0, dtype=torch.long)
 def cells(x: torch.Tensor, idx, lo, hi, sorted_pool) -> torch.Tensor:
     """``IncrementalSearch`` for d = 1: values of ``x`` (float32 [n]) outside their cell
     ``[lo, hi]`` are searched again; updates ``idx``, ``lo``, ``hi``; returns those rows."""
-    _threads()
     flag = np.empty(x.shape[0], dtype=np.bool_)
     sp = sorted_pool
     with _LOCK:
-        count = _cells(x.numpy(), idx.numpy(), lo.numpy(), hi.numpy(), sp.values.numpy(), sp.first.numpy(),
-                       sp.lo.numpy(), sp.hi.numpy(), flag)
-    if count:
-        return torch.from_numpy(np.flatnonzero(flag))
-    return _NONE
-_SCRATCH: dict = {}
+        count = _cells(x.numpy(), idx.numpy(), lo.numpy(), hi.numpy(), sp.values.numpy(),
+                       sp.first.numpy(), sp.lo.numpy(), sp.hi.numpy(), flag)
+    return torch.from_numpy(np.flatnonzero(flag)) if count else _NONE
 
 
 def ste_forward(w: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(w + (q - w), sum (q - w)^2)`` in one pass (float32 values identical to eager torch)."""
-    _threads()
     out = torch.empty_like(w)
+    wf, qf, of = w.detach().view(-1).numpy(), q.view(-1).numpy(), out.view(-1).numpy()
     with _LOCK:
-        acc = _ste_forward(w.detach().view(-1).numpy(), q.view(-1).numpy(), out.view(-1).numpy())
-    return out, acc
+        acc = _halves(wf.size, wf.size, lambda a, b: _ste_forward(wf[a:b], qf[a:b], of[a:b]))
+    return out, sum(acc)
 
 
 def ste_backward(w: torch.Tensor, q: torch.Tensor, g: torch.Tensor, c: float) -> torch.Tensor:
     """``g - c (2 (q - w))`` in one pass, bit-identical to eager torch's unfused gradient."""
-    _threads()
     out = torch.empty_like(g)
+    wf, qf, gf, of = (t.detach().reshape(-1).numpy() for t in (w, q, g, out))
+    c32 = np.float32(c)
     with _LOCK:
-        _ste_backward(w.detach().view(-1).numpy(), q.view(-1).numpy(), g.view(-1).numpy(),
-                      np.float32(c), out.view(-1).numpy())
+        _halves(wf.size, wf.size, lambda a, b: _ste_backward(wf[a:b], qf[a:b], gf[a:b], c32, of[a:b]))
     return out
 
 
-def track(w, anchor, r2, idx, cand, bound, pool64_pad, keep, slack, eps64c, pnorm, full: bool):
+def track(w, anchor, r2, idx, cand, bound, pool64_pad, pool_pad, rel32, gaps, keep, slack, eps64c, pnorm,
+          full: bool):
     """Tiers 1-3 of ``IncrementalSearch`` in one pass (``full``: tier 3 for every row); updates the
     state in place. Returns (rows left to the float64 reference, rows whose index may have changed,
     number of rows re-scored, number of rows scanned)."""
-    _threads()
-    status = np.empty(w.shape[0], dtype=np.int8)
-    key = (numba.config.NUMBA_NUM_THREADS, cand.shape[1] + 1)
-    scratch = _SCRATCH.get(key)
-    if scratch is None:  # per-thread sorting space of the full scan
-        scratch = _SCRATCH[key] = np.empty((key[0], key[1], 2))
-    args = (w.numpy(), anchor.numpy(), r2.numpy(), idx.numpy(), cand.numpy(), bound.numpy(),
-            pool64_pad.numpy(), keep.numpy(), float(slack), float(eps64c), float(pnorm),
-            int(pool64_pad.shape[0] - 1), bool(full), status, scratch)
+    n = w.shape[0]
+    status = np.empty(n, dtype=np.int8)
+    rows = [t.numpy() for t in (w, anchor, r2, idx, cand, bound)]
+    rest = (pool64_pad.numpy(), pool_pad.numpy(), float(rel32), gaps.numpy(), keep.numpy(), float(slack), float(eps64c), float(pnorm),
+            int(pool64_pad.shape[0] - 1), bool(full))
+
+    def run(a, b):
+        return _track(*(r[a:b] for r in rows), *rest, status[a:b])
+
+    work = w.numel() * (pool64_pad.shape[0] if full else 1)
     with _LOCK:
-        rescored, scanned, ties, changed = _track(*args)
+        parts = _halves(n, work, run)
+    rescored, scanned, ties, changed = (sum(p[k] for p in parts) for k in range(4))
     left = torch.from_numpy(np.flatnonzero(status == 7)) if ties else _NONE
     moved = torch.from_numpy(np.flatnonzero(status >= 5)) if changed else _NONE
     return left, moved, rescored, scanned

@@ -193,8 +193,11 @@ class IncrementalSearch:
         self._pool_pad = torch.cat([self._pool, torch.full((1, d), float("inf"), device=full.device)])
         self._pool64_pad = self._pool_pad.double()
         # pairwise row distances, rounded up, for the Voronoi-face radius (sentinel: 1, any finite)
-        gaps = torch.cdist(self._pool64, self._pool64).mul_(1 + 1e-9).float().mul_(1 + 1e-6)
-        self._gaps_flat = torch.nn.functional.pad(gaps, (0, 1, 0, 1), value=1.0).reshape(-1)
+        # from differences (not the GEMM form, whose cancellation would shrink close rows' gaps)
+        gaps = torch.cdist(self._pool64, self._pool64, compute_mode="donot_use_mm_for_euclid_dist")
+        gaps = gaps.mul_(1 + 1e-9).float().mul_(1 + 1e-6)
+        self._gaps = torch.nn.functional.pad(gaps, (0, 1, 0, 1), value=1.0)
+        self._gaps_flat = self._gaps.view(-1)
         self._gaps_stride = kd + 1
         self._pnorm = float(self._pool64.norm(dim=1).max()) if self._pool.numel() else 0.0
         eps32, eps64 = torch.finfo(torch.float32).eps, torch.finfo(torch.float64).eps
@@ -363,8 +366,8 @@ class IncrementalSearch:
 
     def _track(self, w: torch.Tensor, full: bool) -> None:
         ties, self.changed, self.last_rescored, self.last_searched = kernels.track(
-            w, self._anchor, self._r2, self._idx, self._cand, self._bound, self._pool64_pad, self._keep,
-            self._slack, self._eps64, self._pnorm, full)
+            w, self._anchor, self._r2, self._idx, self._cand, self._bound, self._pool64_pad, self._pool_pad,
+            self._rel32, self._gaps, self._keep, self._slack, self._eps64, self._pnorm, full)
         if ties.numel():
             self._idx[ties] = exact_rows(w.index_select(0, ties), self._full)
 

@@ -160,3 +160,29 @@ def test_straight_through_kernel_is_bit_identical_to_the_unfused_expression():
         assert torch.equal(out, w0 + (q - w0))
         assert torch.equal(w.grad, w2.grad)
         assert torch.allclose(commit, diff.pow(2).sum(1).mean(), rtol=1e-5)
+
+
+def _child_search(conn):
+    torch.set_num_threads(2)
+    pool, w = torch.randn(16, 9), torch.randn(5000, 9)
+    s = IncrementalSearch(pool)
+    s(w)
+    a = torch.randn(3_000_000)
+    out, _ = kernels.ste_forward(a, a)  # big: needs the helper thread, which the fork did not copy
+    conn.send(bool(torch.equal(s(w + 0.05), exact_rows(w + 0.05, pool)) and torch.equal(out, a)))
+
+
+def test_kernels_survive_fork(kernel_path):
+    """DataLoader workers fork: a child of a process that ran the (two-thread) kernels runs them too."""
+    import multiprocessing as mp
+    torch.set_num_threads(2)  # big passes run on the helper thread before the fork
+    a = torch.randn(3_000_000)
+    kernels.ste_forward(a, a)
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_child_search, args=(child,))
+    p.start()
+    assert parent.poll(120), "the forked child hung"
+    assert parent.recv() is True
+    p.join(30)
+    assert p.exitcode == 0
