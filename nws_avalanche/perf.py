@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .artifact import load_nws_task, save_nws_task
-from .codecs import CODECS, order0_entropy_bits
+from .codecs import CODECS, DEFAULT_CODEC, order0_entropy_bits
 from .container import read_container
 from .layers import commitment_loss, nws_layers
 from .models import build_arch, head_name
@@ -36,7 +36,7 @@ class PerfConfig:
     batch_size: int = 32
     pool_size: int = 512
     search: str = "incremental"
-    codec: str = "rans"
+    codec: str = DEFAULT_CODEC
     steps: int = 10           # timed training steps (after warm-up)
     warmup: int = 3
     check_steps: int = 5      # steps of real training checked against exhaustive search
@@ -92,27 +92,47 @@ def _median(xs):
     return float(statistics.median(xs)) if xs else float("nan")
 
 
-def _train_steps(model, x, y, steps, lr, beta, nws: bool, device, searches=None):
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    model.train()
-    wall, cpu, share = [], [], []
-    for _ in range(steps):
-        for s in searches or []:
+class _Trainer:
+    """One model's SGD steps on a fixed batch; ``step()`` returns (wall s, CPU s, search s, rows)."""
+
+    def __init__(self, model, x, y, lr, beta, nws: bool, device, searches=None):
+        self.model, self.x, self.y, self.beta, self.nws, self.device = model, x, y, beta, nws, device
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        self.searches = searches or []
+        model.train()
+
+    def step(self):
+        for s in self.searches:
             s.total = 0.0
-        _sync(device)
+        _sync(self.device)
         t0, c0 = time.perf_counter(), time.process_time()
-        loss = F.cross_entropy(model(x), y)
-        if nws and beta:
-            loss = loss + beta * commitment_loss(model)
-        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(self.x), self.y)
+        if self.nws and self.beta:
+            loss = loss + self.beta * commitment_loss(self.model)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        _sync(device)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-        if searches:
-            share.append(sum(s.total for s in searches) / wall[-1])
-    return wall, cpu, share
+        self.opt.step()
+        _sync(self.device)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        # vectors whose candidates were re-scored / that were searched again, this step
+        rows = (sum(getattr(s.inner, "last_rescored", 0) for s in self.searches),
+                sum(getattr(s.inner, "last_searched", 0) for s in self.searches))
+        return wall, cpu, sum(s.total for s in self.searches), rows
+
+
+def _paired_steps(plain: _Trainer, nws: _Trainer, steps: int, warmup: int) -> dict:
+    """Plain and NWS steps alternate, so that a change in the machine's speed (other tenants,
+    clock) hits both alike; the ratio is the median over pairs, beside the ratio of medians."""
+    pairs = [(plain.step(), nws.step()) for _ in range(warmup + steps)][warmup:]
+    p_wall, p_cpu = [p[0] for p, _ in pairs], [p[1] for p, _ in pairs]
+    n_wall, n_cpu = [n[0] for _, n in pairs], [n[1] for _, n in pairs]
+    return {"plain_step_s": {"wall": _median(p_wall), "cpu": _median(p_cpu)},
+            "nws_step_s": {"wall": _median(n_wall), "cpu": _median(n_cpu)},
+            "step_ratio": {"wall": _median(n_wall) / _median(p_wall), "cpu": _median(n_cpu) / _median(p_cpu),
+                           "wall_paired": _median([n / p for p, n in zip(p_wall, n_wall)])},
+            "search_share": _median([n[2] / n[0] for _, n in pairs]),
+            "rescored_per_step": _median([n[3][0] for _, n in pairs]),
+            "searched_per_step": _median([n[3][1] for _, n in pairs])}
 
 
 def _brute_force(w, pool, chunk=8192):
@@ -224,17 +244,11 @@ def measure(cfg: PerfConfig, device: str = "cpu", large: bool = False) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(cfg.batch_size, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(dev)
     y = torch.randint(cfg.num_classes, (cfg.batch_size,), generator=g).to(dev)
-    n = cfg.warmup + cfg.steps
-    pw, pc, _ = _train_steps(plain, x, y, n, cfg.lr, cfg.beta, False, dev)
-    nw, nc, share = _train_steps(nws, x, y, n, cfg.lr, cfg.beta, True, dev, live)
-    k = cfg.warmup
     out = {"device": str(dev), "image_size": cfg.image_size, "batch_size": cfg.batch_size,
            "threads": torch.get_num_threads(), "search": cfg.search,
-           "plain_step_s": {"wall": _median(pw[k:]), "cpu": _median(pc[k:])},
-           "nws_step_s": {"wall": _median(nw[k:]), "cpu": _median(nc[k:])},
-           "search_share": _median(share[k:])}
-    out["step_ratio"] = {"wall": out["nws_step_s"]["wall"] / out["plain_step_s"]["wall"],
-                         "cpu": out["nws_step_s"]["cpu"] / out["plain_step_s"]["cpu"]}
+           "vectors_per_step": sum(m.num_vectors for _, m in nws_layers(nws))}
+    out.update(_paired_steps(_Trainer(plain, x, y, cfg.lr, cfg.beta, False, dev),
+                             _Trainer(nws, x, y, cfg.lr, cfg.beta, True, dev, live), cfg.steps, cfg.warmup))
     if large:
         return out
     out["exactness"] = check_exactness(nws, x, y, cfg.check_steps, cfg.check_lr, cfg.beta)

@@ -21,6 +21,8 @@ def test_perf_writes_all_figures(tmp_path, capsys):
     for key in ("plain_step_s", "nws_step_s", "step_ratio", "search_share", "exactness", "eval_images_per_s",
                 "task_switch_s", "storage", "artifact_bytes"):
         assert key in r, key
+    assert set(r["step_ratio"]) == {"wall", "cpu", "wall_paired"}
+    assert 0 <= r["searched_per_step"] <= r["vectors_per_step"]
     assert r["exactness"]["mismatches"] == 0
     assert r["exactness"]["index_changes"] > 0
     assert r["task_switch_s"]["bit_identical"] is True

@@ -30,8 +30,10 @@ def add_arguments(p):
 def _line(r: dict) -> str:
     s = (f"[{r['device']} {r['image_size']}px b{r['batch_size']} threads={r['threads']} search={r['search']}] "
          f"step plain {r['plain_step_s']['wall'] * 1e3:.1f} ms, NWS {r['nws_step_s']['wall'] * 1e3:.1f} ms "
-         f"-> x{r['step_ratio']['wall']:.2f} wall, x{r['step_ratio']['cpu']:.2f} CPU time; "
-         f"search share {100 * r['search_share']:.1f}%")
+         f"-> x{r['step_ratio']['wall']:.2f} wall (median of paired steps x{r['step_ratio']['wall_paired']:.2f}), "
+         f"x{r['step_ratio']['cpu']:.2f} CPU time; "
+         f"search share {100 * r['search_share']:.1f}%; per step {r['vectors_per_step']} vectors, "
+         f"{r['rescored_per_step']:.0f} re-scored, {r['searched_per_step']:.0f} searched in full")
     return s
 
 
