@@ -223,7 +223,7 @@ if numba is not None:
 
     @njit(nogil=True, cache=True)
     def _track(w, anchor, r2, idx, cand, bound, pool, pool32, rel, gaps, keep, slack, eps64c, pnorm, kd,
-               full, status):  # pragma: no cover - compiled
+               status):  # pragma: no cover - compiled
         n, d = w.shape
         dist = np.empty(cand.shape[1])
         rel64 = 2.0 * (d + 2) * _E
@@ -232,34 +232,33 @@ if numba is not None:
         ties = 0
         changed = 0
         for i in range(n):
-            if not full:
-                # float32 (vectorises); its rounding is inside ``slack``, as on the torch path
-                s = np.float32(0.0)
+            # float32 (vectorises); its rounding is inside ``slack``, as on the torch path
+            s = np.float32(0.0)
+            for k in range(d):
+                t = w[i, k] - anchor[i, k]
+                s += t * t
+            moved = np.float64(s) * slack
+            if moved < r2[i]:
+                status[i] = 0
+                continue
+            # tier 2: the candidates, every other row at least bound - delta away
+            delta = math.sqrt(moved) * (1.0 + 1e-9)
+            newb = bound[i] * (1.0 - 4.0 * _E) - delta * (1.0 + 4.0 * _E)
+            sure, bj, rad2 = _settle(w, i, cand, pool32, rel, gaps, newb, eps64c, pnorm, dist)
+            if sure:
+                r2[i] = np.float32(rad2)
+                new = keep[cand[i, bj]]
+                bound[i] = newb
                 for k in range(d):
-                    t = w[i, k] - anchor[i, k]
-                    s += t * t
-                moved = np.float64(s) * slack
-                if moved < r2[i]:
-                    status[i] = 0
-                    continue
-                # tier 2: the candidates, every other row at least bound - delta away
-                delta = math.sqrt(moved) * (1.0 + 1e-9)
-                newb = bound[i] * (1.0 - 4.0 * _E) - delta * (1.0 + 4.0 * _E)
-                sure, bj, rad2 = _settle(w, i, cand, pool32, rel, gaps, newb, eps64c, pnorm, dist)
-                if sure:
-                    r2[i] = np.float32(rad2)
-                    new = keep[cand[i, bj]]
-                    bound[i] = newb
-                    for k in range(d):
-                        anchor[i, k] = w[i, k]
-                    if new != idx[i]:
-                        idx[i] = new
-                        status[i] = 5
-                        changed += 1
-                    else:
-                        status[i] = 1
-                    rescored += 1
-                    continue
+                    anchor[i, k] = w[i, k]
+                if new != idx[i]:
+                    idx[i] = new
+                    status[i] = 5
+                    changed += 1
+                else:
+                    status[i] = 1
+                rescored += 1
+                continue
             # tier 3: full scan
             newb = _scan(w, i, cand, pool, kd)
             # decided in float64: only ties at that precision are left to the reference
@@ -271,7 +270,7 @@ if numba is not None:
             if sure:
                 r2[i] = np.float32(rad2)
                 new = keep[cand[i, bj]]
-                if full or new != idx[i]:
+                if new != idx[i]:
                     idx[i] = new
                     status[i] = 6
                     changed += 1
@@ -318,23 +317,20 @@ def ste_backward(w: torch.Tensor, q: torch.Tensor, g: torch.Tensor, c: float) ->
     return out
 
 
-def track(w, anchor, r2, idx, cand, bound, pool64_pad, pool_pad, rel32, gaps, keep, slack, eps64c, pnorm,
-          full: bool):
-    """Tiers 1-3 of ``IncrementalSearch`` in one pass (``full``: tier 3 for every row); updates the
-    state in place. Returns (rows left to the float64 reference, rows whose index may have changed,
+def track(w, anchor, r2, idx, cand, bound, pool64_pad, pool_pad, rel32, gaps, keep, slack, eps64c, pnorm):
+    """Tiers 1-3 of ``IncrementalSearch`` in one pass; updates the state in place. Returns (rows left to the float64 reference, rows whose index may have changed,
     number of rows re-scored, number of rows scanned)."""
     n = w.shape[0]
     status = np.empty(n, dtype=np.int8)
     rows = [t.numpy() for t in (w, anchor, r2, idx, cand, bound)]
     rest = (pool64_pad.numpy(), pool_pad.numpy(), float(rel32), gaps.numpy(), keep.numpy(), float(slack), float(eps64c), float(pnorm),
-            int(pool64_pad.shape[0] - 1), bool(full))
+            int(pool64_pad.shape[0] - 1))
 
     def run(a, b):
         return _track(*(r[a:b] for r in rows), *rest, status[a:b])
 
-    work = w.numel() * (pool64_pad.shape[0] if full else 1)
     with _LOCK:
-        parts = _halves(n, work, run)
+        parts = _halves(n, w.numel(), run)
     rescored, scanned, ties, changed = (sum(p[k] for p in parts) for k in range(4))
     left = torch.from_numpy(np.flatnonzero(status == 7)) if ties else _NONE
     moved = torch.from_numpy(np.flatnonzero(status >= 5)) if changed else _NONE

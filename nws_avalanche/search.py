@@ -330,15 +330,7 @@ class IncrementalSearch:
             self.last_searched = w.shape[0]
             return torch.full((w.shape[0],), int(self._keep[0]), dtype=torch.long, device=w.device)
         if self._anchor is None or self._anchor.shape != w.shape or self._anchor.device != w.device:
-            if kernels.usable(w):
-                n, kd = w.shape[0], self._pool.shape[0]
-                self._anchor = w.clone()
-                self._idx = torch.empty(n, dtype=torch.long)
-                self._r2 = torch.empty(n, dtype=torch.float32)
-                self._cand = torch.empty(n, self.candidates, dtype=torch.int32)
-                self._bound = torch.empty(n, dtype=torch.float64)
-                self._track(w, full=True)
-                return self._idx.clone()
+            # the first search is a GEMM (faster than the kernel's per-row scan for all rows)
             self._idx, self._r2, self._cand, self._bound = self._search_rows(w)
             self._anchor = w.clone()
             self._buf = torch.empty_like(w)
@@ -346,7 +338,7 @@ class IncrementalSearch:
             self.last_searched = w.shape[0]
             return self._idx.clone()
         if kernels.usable(w, self._anchor):  # all tiers fused into one pass over the weights
-            self._track(w, full=False)
+            self._track(w)
             return self._idx.clone()
         # persistent buffers: this pass touches every weight each step, so no fresh allocations
         moved = torch.sum(torch.sub(w, self._anchor, out=self._buf).square_(), 1, out=self._moved)
@@ -364,10 +356,10 @@ class IncrementalSearch:
                 self.last_searched = int(left.numel())
         return self._idx.clone()
 
-    def _track(self, w: torch.Tensor, full: bool) -> None:
+    def _track(self, w: torch.Tensor) -> None:
         ties, self.changed, self.last_rescored, self.last_searched = kernels.track(
             w, self._anchor, self._r2, self._idx, self._cand, self._bound, self._pool64_pad, self._pool_pad,
-            self._rel32, self._gaps, self._keep, self._slack, self._eps64, self._pnorm, full)
+            self._rel32, self._gaps, self._keep, self._slack, self._eps64, self._pnorm)
         if ties.numel():
             self._idx[ties] = exact_rows(w.index_select(0, ties), self._full)
 
