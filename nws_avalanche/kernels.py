@@ -221,6 +221,18 @@ if numba is not None:
                 hi[i] = chi[c]
         return count
 
+    @njit(nogil=True, cache=True, inline="always")
+    def _accept(w, i, anchor, r2, idx, bound, new, rad2, newb):  # pragma: no cover - compiled
+        """Row i is decided at w: re-anchor it; returns whether its index changed."""
+        r2[i] = np.float32(rad2)
+        bound[i] = newb
+        for k in range(w.shape[1]):
+            anchor[i, k] = w[i, k]
+        if new != idx[i]:
+            idx[i] = new
+            return 1
+        return 0
+
     @njit(nogil=True, cache=True)
     def _track(w, anchor, r2, idx, cand, bound, pool, pool32, rel, gaps, keep, slack, eps64c, pnorm, kd,
                status):  # pragma: no cover - compiled
@@ -246,38 +258,22 @@ if numba is not None:
             newb = bound[i] * (1.0 - 4.0 * _E) - delta * (1.0 + 4.0 * _E)
             sure, bj, rad2 = _settle(w, i, cand, pool32, rel, gaps, newb, eps64c, pnorm, dist)
             if sure:
-                r2[i] = np.float32(rad2)
-                new = keep[cand[i, bj]]
-                bound[i] = newb
-                for k in range(d):
-                    anchor[i, k] = w[i, k]
-                if new != idx[i]:
-                    idx[i] = new
-                    status[i] = 5
-                    changed += 1
-                else:
-                    status[i] = 1
+                moved_idx = _accept(w, i, anchor, r2, idx, bound, keep[cand[i, bj]], rad2, newb)
+                status[i] = 5 if moved_idx else 1
+                changed += moved_idx
                 rescored += 1
                 continue
             # tier 3: full scan
             newb = _scan(w, i, cand, pool, kd)
             # decided in float64: only ties at that precision are left to the reference
             sure, bj, rad2 = _settle(w, i, cand, pool, rel64, gaps, newb, eps64c, pnorm, dist)
-            bound[i] = newb
-            for k in range(d):
-                anchor[i, k] = w[i, k]
             scanned += 1
             if sure:
-                r2[i] = np.float32(rad2)
-                new = keep[cand[i, bj]]
-                if new != idx[i]:
-                    idx[i] = new
-                    status[i] = 6
-                    changed += 1
-                else:
-                    status[i] = 2
+                moved_idx = _accept(w, i, anchor, r2, idx, bound, keep[cand[i, bj]], rad2, newb)
+                status[i] = 6 if moved_idx else 2
+                changed += moved_idx
             else:  # a near-tie: the caller asks the float64 reference (and counts it as changed)
-                r2[i] = 0.0
+                _accept(w, i, anchor, r2, idx, bound, idx[i], 0.0, newb)
                 status[i] = 7
                 ties += 1
                 changed += 1
