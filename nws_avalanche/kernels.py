@@ -113,7 +113,8 @@ if numba is not None:
     def _settle(w, i, cand, pool, rel, gaps, bound, eps64c, pnorm, dist):  # pragma: no cover - compiled
         """Decide row i from its candidates, every other row being at least ``bound`` away.
         Returns (sure, position of the winner in cand[i], safe squared radius). ``gaps``: the
-        pool's pairwise distances, rounded up (float32, small enough to stay in cache). ``pool``:
+        pool's pairwise distances, rounded up (float32, small enough to stay in cache), or 1x1
+        for none. ``pool``:
         float32 (distances summed in float32) or float64; each distance is within a relative
         ``rel`` of the exact one. ``dist``: space for the candidates' distances (one per thread)."""
         e = _E
@@ -140,7 +141,11 @@ if numba is not None:
             lo = dist[j] * (1.0 - rel)
             if not (hi_m < lo):
                 return False, bj, 0.0
-            f = (lo - hi_m) / gaps[b, c]
+            if gaps.shape[0] > 1:
+                g = gaps[b, c]
+            else:  # no table (a large pool): |p_b - p_c| <= |w - p_b| + |w - p_c|
+                g = (math.sqrt(hi_b) + math.sqrt(dist[j] * (1.0 + rel))) * (1.0 + 4.0 * e)
+            f = (lo - hi_m) / g
             if f < face:
                 face = f
         face *= 0.5 * (1.0 - 8.0 * e)

@@ -17,6 +17,7 @@ DEFAULT_SEARCH = "incremental"  # exact, and re-searches only what may have chan
 _CHUNK = 1 << 16
 _FULL_CHUNK = 4096  # rows per GEMM block of the incremental search: the block stays in cache
 _CANDIDATES = 8     # nearest rows remembered per vector by the incremental search
+_GAP_TABLE_MAX = 2048  # largest pool whose pairwise distances are tabulated (16 MiB)
 
 
 def _top2(w: torch.Tensor, pool: torch.Tensor, pool_sq: torch.Tensor):
@@ -192,11 +193,14 @@ class IncrementalSearch:
         # index kd means "no candidate": infinitely far
         self._pool_pad = torch.cat([self._pool, torch.full((1, d), float("inf"), device=full.device)])
         self._pool64_pad = self._pool_pad.double()
-        # pairwise row distances, rounded up, for the Voronoi-face radius (sentinel: 1, any finite)
-        # from differences (not the GEMM form, whose cancellation would shrink close rows' gaps)
-        gaps = torch.cdist(self._pool64, self._pool64, compute_mode="donot_use_mm_for_euclid_dist")
-        gaps = gaps.mul_(1 + 1e-9).float().mul_(1 + 1e-6)
-        self._gaps = torch.nn.functional.pad(gaps, (0, 1, 0, 1), value=1.0)
+        if kd <= _GAP_TABLE_MAX:
+            # pairwise row distances, rounded up, for the Voronoi-face radius (sentinel: 1, any
+            # finite); from differences (the GEMM form's cancellation would shrink close gaps)
+            gaps = torch.cdist(self._pool64, self._pool64, compute_mode="donot_use_mm_for_euclid_dist")
+            gaps = gaps.mul_(1 + 1e-9).float().mul_(1 + 1e-6)
+            self._gaps = torch.nn.functional.pad(gaps, (0, 1, 0, 1), value=1.0)
+        else:  # K x K would not fit in cache (or memory): faces bounded by the triangle inequality
+            self._gaps = torch.zeros(1, 1, device=full.device)
         self._gaps_flat = self._gaps.view(-1)
         self._gaps_stride = kd + 1
         self._pnorm = float(self._pool64.norm(dim=1).max()) if self._pool.numel() else 0.0
@@ -230,7 +234,11 @@ class IncrementalSearch:
         sure = (hi_m < second) & (hi_m < outside)
         # candidates: distance from w to each Voronoi face (b, j)
         b = cand.gather(1, best_j.unsqueeze(1)).long()
-        gaps = self._gaps_flat.index_select(0, (b * self._gaps_stride + cand).view(-1)).view(cand.shape)
+        if self._gaps.shape[0] > 1:
+            gaps = self._gaps_flat.index_select(0, (b * self._gaps_stride + cand).view(-1)).view(cand.shape)
+        else:  # |p_b - p_j| <= |w - p_b| + |w - p_j|
+            gaps = (hi_b.unsqueeze(1).sqrt() + (cand_d * (1 + rel + 2 * e)).sqrt()) * (1 + 4 * e)
+            gaps = torch.where(cand_d.isinf(), torch.ones_like(gaps), gaps)  # padding: inf / 1
         face = (lo - hi_m.unsqueeze(1)).div_(gaps).amin(dim=1) * (0.5 * (1 - 8 * e))
         # every other row: triangle inequality
         u1 = (hi_b + e64).sqrt() * (1 + 2 * e)

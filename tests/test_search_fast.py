@@ -186,3 +186,22 @@ def test_kernels_survive_fork(kernel_path):
     assert parent.recv() is True
     p.join(30)
     assert p.exitcode == 0
+
+
+def test_pools_too_large_for_a_distance_table_stay_exact(monkeypatch):
+    """Above _GAP_TABLE_MAX rows the Voronoi faces are bounded by the triangle inequality."""
+    from nws_avalanche import search
+    monkeypatch.setattr(search, "_GAP_TABLE_MAX", 4)
+    g = torch.Generator().manual_seed(7)
+    for d, K in [(9, 40), (9, 6)]:
+        pool = torch.randn(K, d, generator=g)
+        w = torch.randn(2000, d, generator=g)
+        s = IncrementalSearch(pool)
+        untouched = 0
+        for step in range(16):
+            assert torch.equal(s(w), exact_rows(w, pool)), (d, K, step)
+            if step:
+                untouched += w.shape[0] - s.last_rescored
+            w = w + [1e-3, 3e-2][step % 2] * torch.randn(w.shape, generator=g)
+        assert s._gaps.numel() == 1
+        assert untouched > 0  # radii are not all zero: some rows stayed inside theirs
