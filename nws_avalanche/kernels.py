@@ -94,14 +94,6 @@ if numba is not None:
 
     @njit(nogil=True, cache=True, inline="always")
     def _dist2(w, i, pool, c):  # pragma: no cover - compiled
-        t2 = 0.0
-        for k in range(w.shape[1]):
-            t = np.float64(w[i, k]) - pool[c, k]
-            t2 += t * t
-        return t2
-
-    @njit(nogil=True, cache=True, inline="always")
-    def _dist2f(w, i, pool, c):  # pragma: no cover - compiled
         # in the pool's precision: float32 (re-scoring) or float64 (after a full scan)
         t2 = pool.dtype.type(0.0)
         for k in range(w.shape[1]):
@@ -122,7 +114,7 @@ if numba is not None:
         best = np.inf
         bj = 0
         for j in range(m):
-            t2 = np.float64(_dist2f(w, i, pool, cand[i, j]))
+            t2 = np.float64(_dist2(w, i, pool, cand[i, j]))
             dist[j] = t2
             bj = j if t2 < best else bj  # selects, not branches: the winner's slot is random
             best = min(t2, best)

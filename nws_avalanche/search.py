@@ -341,14 +341,16 @@ class IncrementalSearch:
             # the first search is a GEMM (faster than the kernel's per-row scan for all rows)
             self._idx, self._r2, self._cand, self._bound = self._search_rows(w)
             self._anchor = w.clone()
-            self._buf = torch.empty_like(w)
-            self._moved = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
+            self._buf = self._moved = None  # the torch path's buffers, made when it first runs
             self.last_searched = w.shape[0]
             return self._idx.clone()
         if kernels.usable(w, self._anchor):  # all tiers fused into one pass over the weights
             self._track(w)
             return self._idx.clone()
         # persistent buffers: this pass touches every weight each step, so no fresh allocations
+        if self._buf is None:
+            self._buf = torch.empty_like(w)
+            self._moved = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
         moved = torch.sum(torch.sub(w, self._anchor, out=self._buf).square_(), 1, out=self._moved)
         moved.mul_(self._slack)
         # written as "not inside" so that NaN movement also triggers a search
