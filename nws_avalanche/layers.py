@@ -2,8 +2,10 @@
 
 Training: the temporary kernels ``weight`` (a Parameter) are cut into vectors of length
 ``d = group_size * kh * kw``; each vector is replaced by its nearest pool vector and the
-gradient goes straight through to ``weight``. ``commitment`` holds
-``mean_j ||sg(q_j) - w_j||^2`` from the last forward pass.
+gradient goes straight through to ``weight``. ``commitment`` holds the layer's commitment term
+from the last forward pass, the mean over *every weight* of the layer (the authors'
+``(sg(q) - w).pow(2).mean()``): ``mean_j ||sg(q_j) - w_j||^2 / d``, so every layer weighs the
+same whatever its size or kernel length.
 Eval: the layer is a plain convolution with weights ``pool[indices]`` (cached).
 """
 from __future__ import annotations
@@ -21,12 +23,12 @@ SearchFactory = Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 
 class _StraightThrough(torch.autograd.Function):
-    """``(w + sg(q - w), mean_j ||sg(q_j) - w_j||^2)`` in one node.
+    """``(w + sg(q - w), mean((sg(q) - w)^2))`` in one node (the mean over every weight).
 
     Autograd would keep a chain of weight-sized temporaries (difference, square, expanded
     gradients, negation, accumulation); this saves nothing new (``w`` and ``q`` exist anyway)
     and, on CPU, makes one fused pass each way (``kernels``). Forward values and the gradient
-    ``g - (c / n) (2 (q - w))`` are bit-identical to the unfused expression (scaling by 2 and
+    ``g - (c / N) (2 (q - w))`` (``N`` = number of weights) are bit-identical to the unfused expression (scaling by 2 and
     negating are exact); only the commitment *value* is summed in another order.
     """
 
@@ -36,17 +38,17 @@ class _StraightThrough(torch.autograd.Function):
         ctx.save_for_backward(w, q)
         if kernels.usable(w, q):
             out, acc = kernels.ste_forward(w, q)
-            return out, torch.tensor(acc / w.shape[0], dtype=w.dtype)
+            return out, torch.tensor(acc / w.numel(), dtype=w.dtype)
         diff = torch.sub(q, w)
         flat = diff.view(-1)
-        return torch.add(w, diff), torch.dot(flat, flat) / w.shape[0]
+        return torch.add(w, diff), torch.dot(flat, flat) / flat.numel()
 
     @staticmethod
     def backward(ctx, g_out, g_commit):
         if g_commit is None:
             return g_out, None
         w, q = ctx.saved_tensors
-        c = g_commit / w.shape[0]
+        c = g_commit / w.numel()  # as autograd's mean backward: the same float32 division
         if g_out is not None and kernels.usable(w, q, g_out):
             return kernels.ste_backward(w, q, g_out, float(c)), None
         grad = torch.mul(torch.sub(q, w), c * -2)
@@ -179,5 +181,6 @@ def nws_layers(model: nn.Module) -> list[tuple[str, NWSConv2d]]:
 
 
 def commitment_loss(model: nn.Module) -> torch.Tensor:
+    """``sum_l mean((sg(q_l) - w_l)^2)`` over the NWS layers, from their last forward pass."""
     terms = [m.commitment for _, m in nws_layers(model)]
     return torch.stack(terms).sum() if terms else torch.zeros(())

@@ -28,17 +28,36 @@ def test_forward_uses_nearest_pool_vectors_and_straight_through():
     assert "pool" not in dict(layer.named_parameters())
 
 
-def test_commitment_is_mean_squared_distance():
+def test_commitment_is_mean_squared_distance_per_weight():
     layer = _layer()
     layer(torch.randn(1, 4, 5, 5))
     w = layer.vectors().detach()
-    expected = (layer.pool[exact_rows(w, layer.pool)] - w).pow(2).sum(1).mean()
-    assert torch.allclose(layer.commitment, expected)
-    # the commitment gradient pulls w towards q: d/dw = 2 (w - q) / n
+    q = layer.pool[exact_rows(w, layer.pool)]
+    # the authors' reduction: a mean over every weight, i.e. mean_j ||q_j - w_j||^2 / d
+    assert torch.allclose(layer.commitment, (q - w).pow(2).mean())
+    assert torch.allclose(layer.commitment, (q - w).pow(2).sum(1).mean() / layer.d)
+    # the commitment gradient pulls w towards q: d/dw = 2 (w - q) / (number of weights)
     layer.weight.grad = None
     layer.commitment.backward()
-    q = layer.pool[layer.indices]
-    assert torch.allclose(layer.weight.grad.view(-1, 9), 2 * (w - q) / len(w), atol=1e-6)
+    assert torch.allclose(layer.weight.grad.view(-1, 9), 2 * (w - q) / w.numel(), atol=1e-7)
+
+
+def test_commitment_loss_hand_computed():
+    """Two layers with kernel lengths 1 and 2; values exact in binary, so equality is exact."""
+    a = NWSConv2d(1, 2, 1, torch.tensor([[0.0], [1.0]]))
+    b = NWSConv2d(1, 1, (1, 2), torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    with torch.no_grad():
+        a.weight.copy_(torch.tensor([0.25, 0.75]).view(2, 1, 1, 1))  # -> 0 and 1: errors 0.25, 0.25
+        b.weight.copy_(torch.tensor([0.5, 0.0]).view(1, 1, 1, 2))    # -> (0, 0): errors 0.5, 0
+    model = nn.ModuleList([a, b])
+    a(torch.ones(1, 1, 1, 1))
+    b(torch.ones(1, 1, 1, 2))
+    assert a.indices.tolist() == [0, 1] and b.indices.tolist() == [0]
+    # a: (0.0625 + 0.0625) / 2 weights; b: (0.25 + 0) / 2 weights (per kernel it would be 0.25)
+    assert commitment_loss(model).item() == 0.0625 + 0.125
+    commitment_loss(model).backward()
+    assert a.weight.grad.flatten().tolist() == [0.25, -0.25]   # 2 (w - q) / 2
+    assert b.weight.grad.flatten().tolist() == [0.5, 0.0]
 
 
 def test_group_size_joins_kernels():

@@ -142,7 +142,8 @@ def test_non_finite_weights_are_searched_every_time():
 
 
 def test_straight_through_kernel_is_bit_identical_to_the_unfused_expression():
-    """w + sg(q - w) and the gradient g - (c / n)(2 (q - w)) equal eager autograd's, on either path."""
+    """w + sg(q - w) and the gradient g - (c / N)(2 (q - w)) equal eager autograd's for the authors'
+    commitment ``(sg(q) - w).pow(2).mean()``, on either path."""
     from nws_avalanche.layers import _StraightThrough
     g = torch.Generator().manual_seed(2)
     for trial in range(6):
@@ -153,13 +154,13 @@ def test_straight_through_kernel_is_bit_identical_to_the_unfused_expression():
         beta = 0.1 + trial
         w = w0.clone().requires_grad_()
         diff = q - w
-        ((w + diff.detach()) * gout).sum().add(beta * diff.pow(2).sum(1).mean()).backward()
+        ((w + diff.detach()) * gout).sum().add(beta * diff.pow(2).mean()).backward()
         w2 = w0.clone().requires_grad_()
         out, commit = _StraightThrough.apply(w2, q)
         ((out * gout).sum() + beta * commit).backward()
         assert torch.equal(out, w0 + (q - w0))
         assert torch.equal(w.grad, w2.grad)
-        assert torch.allclose(commit, diff.pow(2).sum(1).mean(), rtol=1e-5)
+        assert torch.allclose(commit, diff.pow(2).mean(), rtol=1e-5)
 
 
 def _child_search(conn):
