@@ -29,7 +29,7 @@ from nws_avalanche.config import method_options
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, get_head, head_name, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
+from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
 
 from .surgery import layers_of, replace_layers
 
@@ -159,7 +159,7 @@ class AQD(TaskIncrementalStrategy):
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, "aqd", AQDOptions)
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
         quantize_model(model, opts)
         super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, options=opts,
                          progress=progress)
@@ -168,7 +168,7 @@ class AQD(TaskIncrementalStrategy):
         if t > 0:  # an independent network per task: back to the pretrained weights
             state = {k: v for k, v in self.assets.pretrained_state.items() if not k.startswith(f"{head_name(self.model)}.")}
             self.model.load_state_dict(state, strict=False)
-            set_head(self.model, fresh_head(self.model.feature_dim, num_classes, self.cfg.seed + t))
+            set_head(self.model, self.task_head(t, num_classes))  # restarts: from the pretrained head
             if not self.opts.full_precision_last:
                 _quantize_head(self.model, self.opts)
         for _, m in quant_layers(self.model):

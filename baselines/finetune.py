@@ -7,7 +7,7 @@ from __future__ import annotations
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
+from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
 
 
 @METHODS.register("finetune")
@@ -15,7 +15,7 @@ class Finetune(TaskIncrementalStrategy):
     name = "finetune"
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
         super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, progress=progress)
 
     def prepare_task(self, t, num_classes):
@@ -23,7 +23,7 @@ class Finetune(TaskIncrementalStrategy):
             return
         state = {k: v for k, v in self.assets.pretrained_state.items() if not k.startswith("fc.")}
         self.model.load_state_dict(state, strict=False)
-        set_head(self.model, fresh_head(self.model.feature_dim, num_classes, self.cfg.seed + t))
+        set_head(self.model, self.task_head(t, num_classes))  # restarts: from the pretrained head
 
     def export_task(self, t, directory):
         path = self.task_file(directory, t, "dense")

@@ -37,7 +37,7 @@ from nws_avalanche.container import pack_state, read_container, unpack_state, wr
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
+from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
 
 from .surgery import bn_state, layers_of, replace_layers
 
@@ -102,7 +102,7 @@ class KSM(TaskIncrementalStrategy):
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, "ksm", KSMOptions)
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
         replace_layers(model, nn.Conv2d, lambda name, conv: KSMConv2d(conv, opts.temperature))
         super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, options=opts,
                          progress=progress)
@@ -117,7 +117,7 @@ class KSM(TaskIncrementalStrategy):
                 m.mask_scale.fill_(self.opts.scale_init)
         self.model.load_state_dict(bn_state(self.assets.pretrained_state, self.model), strict=False)
         if t > 0:
-            set_head(self.model, fresh_head(self.model.feature_dim, num_classes, self.cfg.seed + t))
+            set_head(self.model, self.task_head(t, num_classes))  # the pretrained backbone: its head
 
     def make_optimizer(self, **kwargs):
         masks = [p for _, m in self.mask_layers() for p in (m.mask_real, m.mask_scale)]

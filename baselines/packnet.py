@@ -37,8 +37,8 @@ from nws_avalanche.config import method_options
 from nws_avalanche.container import read_container, write_container
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
-from nws_avalanche.models import build_arch, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
+from nws_avalanche.models import build_arch, get_head, set_head
+from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
 from nws_avalanche.training import build_optimizer
 
 from .surgery import bn_state, layers_of, replace_layers
@@ -101,7 +101,7 @@ class PackNet(TaskIncrementalStrategy):
             raise ConfigError(f"packnet keeps owner ids in 8 bits: at most 254 tasks (got {len(task_classes)})")
         self.retrain_epochs = (opts.retrain_epochs if opts.retrain_epochs is not None
                                else math.ceil(0.3 * cfg.epochs))
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
         replace_layers(model, nn.Conv2d, lambda name, conv: OwnedConv2d(conv))
         self.phase = "train"
         self.current = 0  # owner id of the task being trained
@@ -126,7 +126,7 @@ class PackNet(TaskIncrementalStrategy):
                 m.view = self.current
         if t > 0:  # per-task BN starts from the pretrained one, like every other method here
             self.model.load_state_dict(bn_state(self.assets.pretrained_state, self.model), strict=False)
-            set_head(self.model, fresh_head(self.model.feature_dim, num_classes, self.cfg.seed + t))
+            set_head(self.model, self.task_head(t, num_classes, get_head(self.model)))  # carried over
 
     def make_optimizer(self, **kwargs):
         # The optimiser's decay is off: it would shrink frozen weights; optimizer_step adds it by hand.

@@ -37,6 +37,7 @@ class RunConfig:
     weight_decay: float = 4e-5
     milestones: list[int] = field(default_factory=list)  # epochs where lr *= gamma
     gamma: float = 0.1
+    head_init: str = "pretrained"  # task heads: pretrained (the authors' rule, see docs/fidelity.md) | fresh
     # NWS
     beta: float = 0.5
     pool_size: int = 512
@@ -66,6 +67,8 @@ class RunConfig:
         need(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
         need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
         need(self.group_size >= 1, f"group_size must be >= 1 (got {self.group_size})")
+        need(self.head_init in ("pretrained", "fresh"),
+             f"head_init must be pretrained or fresh (got {self.head_init!r})")
         need(self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam (got {self.optimizer!r})")
         return self
 

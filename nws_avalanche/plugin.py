@@ -3,7 +3,8 @@
 - before training: converts the model's convs (and head) to NWS layers if it has none yet;
 - at each new task (from the second on): initialises the temporary kernels (``previous``: the
   previous task's rebuilt kernels and BN; ``pretrained``: the pretrained network's; ``random``:
-  fresh kaiming kernels and fresh BN, the appendix's NWS-random) and restarts the searches;
+  fresh kaiming kernels (fan-out), the head's too, while BatchNorm stays the previous task's, as
+  the authors' ``initial_conv`` does: the appendix's NWS-random) and restarts the searches;
 - before backward: adds ``beta * sum_l commitment_l`` to the loss;
 - after each task: a final search fixes the indices that the task stores.
 Pools are buffers and never reach the optimiser.
@@ -77,6 +78,4 @@ def init_temporary_kernels(model: nn.Module, init: str, pretrained_state=None, s
         for _, m in layers:
             fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
             m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_out) ** 0.5)
-        for mod in model.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                mod.reset_parameters()
+        # BatchNorm is left as the previous task trained it (the authors re-draw only the kernels)

@@ -16,7 +16,7 @@ from .nwsify import make_nws_layer, nwsify
 from .plugin import NWSPlugin
 from .codecs import DEFAULT_CODEC
 from .search import DEFAULT_SEARCH, SEARCHES
-from .template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
+from .template import TaskIncrementalStrategy, pretrained_with_head
 
 
 @dataclass
@@ -38,7 +38,7 @@ class NWS(TaskIncrementalStrategy):
         opts = method_options(cfg, "nws", NWSOptions)
         self.search_factory = SEARCHES.get(opts.search)
         self.pools = assets.pools
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
         nwsify(model, self.pools.tables, opts.include_head, group_sizes=self.pools.group_sizes,
                search_factory=self.search_factory)
         self.plugin = NWSPlugin(beta=cfg.beta, init=opts.init, pretrained_state=assets.pretrained_state,
@@ -47,12 +47,19 @@ class NWS(TaskIncrementalStrategy):
                          options=opts, progress=progress)
 
     def prepare_task(self, t, num_classes):
+        if t == 0:
+            return
         head = get_head(self.model)
-        if t > 0 and (self.opts.init != "previous" or head.out_channels != num_classes):
-            new = fresh_head(self.model.feature_dim, num_classes, self.cfg.seed + t)
-            if self.opts.include_head:
-                new = make_nws_layer(new, self.pools.tables[self._head_name()], search_factory=self.search_factory)
-            set_head(self.model, new)
+        # carried over: the previous task's rebuilt head (init=random has just re-drawn it, as the
+        # authors' initial_conv does); init=pretrained restarts from the pretrained head
+        carried = None if self.opts.init == "pretrained" else head
+        fresh = self.cfg.head_init == "fresh" and self.opts.init != "previous"
+        if carried is not None and not fresh and head.weight.shape[0] == num_classes:
+            return
+        new = self.task_head(t, num_classes, carried)
+        if self.opts.include_head:
+            new = make_nws_layer(new, self.pools.tables[self._head_name()], search_factory=self.search_factory)
+        set_head(self.model, new)
 
     def _head_name(self) -> str:
         return getattr(self.model, "head_attr", "fc")

@@ -78,6 +78,21 @@ class TaskIncrementalStrategy(SupervisedTemplate):
     def assist_files(self, directory: Path) -> list[Path]:
         return []
 
+    def task_head(self, t: int, num_classes: int, previous: nn.Module | None = None) -> nn.Linear:
+        """Task ``t``'s head (``t > 0``), the same rule for every method: ``previous`` (the head the
+        method carries over) kept, truncated or extended to ``num_classes`` rows; ``previous=None``
+        for a method that restarts from the pretrained network: its head restarts from the
+        pretrained head, as at task 0. ``head_init: fresh`` draws a new head instead."""
+        if self.cfg.head_init == "fresh":
+            return fresh_head(self.model.feature_dim, num_classes, self.cfg.seed + t)
+        if previous is None:
+            from .models import head_name
+
+            weight = self.assets.pretrained_state[f"{head_name(self.model)}.weight"]
+        else:
+            weight = previous.weight
+        return resized_head(weight, num_classes, self.cfg.seed + t)
+
     def task_summary(self, t: int) -> dict:
         """Method-specific per-task facts for results.json (e.g. NWS index counts)."""
         return {}
@@ -124,12 +139,20 @@ def _get_path(obj, path: str):
     return obj
 
 
-def pretrained_with_head(assets, num_classes: int, seed: int) -> nn.Module:
-    """The pretrained network with a fresh head for a task of ``num_classes`` (every method's start)."""
-    from .models import set_head
+HEAD_INITS = ("pretrained", "fresh")
+
+
+def pretrained_with_head(assets, num_classes: int, seed: int, head_init: str = "pretrained") -> nn.Module:
+    """The pretrained network with task 0's head (every method's start): ``head_init="pretrained"``
+    (the authors' rule) keeps the pretrained head's first ``num_classes`` rows, new kaiming-normal
+    rows beyond its size; ``"fresh"`` draws a new head."""
+    from .models import get_head, set_head
 
     model = assets.pretrained_model()
-    set_head(model, fresh_head(model.feature_dim, num_classes, seed))
+    if head_init == "fresh":
+        set_head(model, fresh_head(model.feature_dim, num_classes, seed))
+    else:
+        set_head(model, resized_head(get_head(model).weight, num_classes, seed))
     return model
 
 
@@ -141,6 +164,24 @@ def fresh_head(in_features: int, num_classes: int, seed: int) -> nn.Linear:
     with torch.no_grad():
         head.weight.copy_(torch.rand(num_classes, in_features, generator=gen) * 2 * bound - bound)
     return head
+
+
+@torch.no_grad()
+def resized_head(previous: torch.Tensor, num_classes: int, seed: int) -> nn.Linear:
+    """The authors' head rule (``reset_last_layer`` in their ``models/NwsResNet.py``): the first
+    ``num_classes`` rows of ``previous`` (``[C', in]`` or a 1x1 conv's ``[C', in, 1, 1]``), and
+    when ``num_classes > C'`` new rows drawn kaiming-normal (fan-in, gain sqrt(2), as
+    ``torch.nn.init.kaiming_normal_``'s defaults) from ``seed``."""
+    prev = previous.detach().reshape(previous.shape[0], -1)
+    have, in_features = prev.shape
+    head = nn.Linear(in_features, num_classes, bias=False)
+    keep = min(have, num_classes)
+    head.weight[:keep] = prev[:keep].to(head.weight.dtype)
+    if num_classes > have:
+        gen = torch.Generator().manual_seed(seed)
+        std = (2.0 / in_features) ** 0.5
+        head.weight[have:] = torch.randn(num_classes - have, in_features, generator=gen) * std
+    return head.to(prev.device)
 
 
 def _quiet_evaluator():
