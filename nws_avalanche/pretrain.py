@@ -1,7 +1,7 @@
 """Pool pretraining: an NWS network trained on an image folder, pools learnt by EMA (``vq_ema``).
 
 Loss ``CE + beta * sum_l commitment_l``; after each optimiser step the pools take one EMA
-step (with dead-entry revival). One process, or ``torchrun --nproc_per_node N`` (gloo on CPU,
+step (with dead-entry revival) from the statistics of the forward pass's assignment. One process, or ``torchrun --nproc_per_node N`` (gloo on CPU,
 nccl on GPU): every rank reads its ``DistributedSampler`` shard, gradients are averaged by DDP,
 BatchNorm normalises over the global batch (``dist_bn``), and the pools are identical on all
 ranks after every update (``PoolEMA.broadcast``).
@@ -15,6 +15,18 @@ as ``--set pretrained=FILE``) and ``history.json``.
 they are the network that was trained and whose BatchNorm statistics were measured, and with
 the saved pools they search back to exactly the same indices, so task 0 starts from the
 pretrained network's own function.
+
+Against the authors' ``pretrain_KP.py``. Same: SGD (lr 0.01, momentum 0.9, Nesterov, weight
+decay 4e-5), the EMA formula, statistics from the forward pass's assignment applied after the
+step (``--ema-stats forward``), the LR x0.1 once at 100/160 of the epochs (``--schedule
+multistep``; ``cosine`` is the option). Deliberately different, fixing their defects:
+- the commitment term is really in the loss (theirs sums an attribute of a class the ResNet
+  layers are not instances of, so it is zero for ResNets);
+- dead pool entries are revived (``--revive-fraction``; theirs never are, unused entries stay);
+- mixed precision is off by default and distances/statistics stay float32 under autocast
+  (theirs always runs fp16 autocast, their known source of NaN losses);
+- ``pools.nwsp`` keeps only the tables (theirs pickles the quantiser modules with their EMA
+  buffers, about 3x the bytes reconstruction needs).
 
 Reproducibility: the data order depends on (seed, epoch) only, and the global RNG is re-seeded
 from (seed, epoch, rank) at the start of each epoch, so a resumed run continues exactly as an
@@ -75,6 +87,8 @@ class PretrainConfig:
     decay: float = 0.99
     eps: float = 1e-5
     revive_fraction: float = 0.03
+    ema_stats: str = "forward"     # forward (the authors': the forward pass's assignment) | post_step
+    schedule: str = "multistep"    # multistep (x0.1 once, at 100/160 of the epochs, the authors') | cosine
     init: str | None = None        # torchvision-format state_dict to start from (default: kaiming)
     amp: str = "off"               # off | bf16 | fp16
     workers: int = 4
@@ -85,7 +99,7 @@ class PretrainConfig:
     # keys that must match for a rerun to resume a checkpoint
     RESUME_KEYS = ("data", "arch", "epochs", "batch_size", "lr", "momentum", "weight_decay", "beta",
                    "pool_size", "group_size", "image_size", "augment", "max_classes", "seed", "decay",
-                   "eps", "revive_fraction", "init", "amp")
+                   "eps", "revive_fraction", "ema_stats", "schedule", "init", "amp")
 
     def validate(self) -> "PretrainConfig":
         checks = [(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})"),
@@ -96,7 +110,11 @@ class PretrainConfig:
                   (0 <= self.decay < 1, f"decay must be in [0, 1) (got {self.decay})"),
                   (self.eps > 0, f"eps must be > 0 (got {self.eps})"),
                   (self.image_size >= 8, f"image size must be >= 8 (got {self.image_size})"),
-                  (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16 (got {self.amp!r})")]
+                  (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16 (got {self.amp!r})"),
+                  (self.ema_stats in ("forward", "post_step"),
+                   f"ema stats must be forward or post_step (got {self.ema_stats!r})"),
+                  (self.schedule in ("multistep", "cosine"),
+                   f"schedule must be multistep or cosine (got {self.schedule!r})")]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
@@ -214,6 +232,17 @@ def build_nws_model(cfg: PretrainConfig, num_classes: int) -> tuple[nn.Module, d
     return model, gs
 
 
+def lr_milestone(epochs: int) -> int:
+    """The authors' single LR drop: epoch 100 of 160, scaled to ``epochs``."""
+    return max(1, round(epochs * 100 / 160))
+
+
+def lr_schedule(cfg: PretrainConfig, opt: torch.optim.Optimizer):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[lr_milestone(cfg.epochs)], gamma=0.1)
+
+
 def quantised_state(model: nn.Module, arch: str, num_classes: int) -> dict[str, torch.Tensor]:
     """The NWS model as a torchvision-format state_dict of the plain arch, kernels = pool[search(w)]."""
     plain = build_arch(arch, num_classes, 3)
@@ -277,11 +306,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
                           f"(got --image-size {cfg.image_size})")
     if d.world > 1:  # before the optimiser is built: conversion creates new BN parameters
         model = convert_bn(model, device_type)
-    ema = PoolEMA(model, EMAConfig(cfg.decay, cfg.eps, cfg.revive_fraction))
+    ema = PoolEMA(model, EMAConfig(cfg.decay, cfg.eps, cfg.revive_fraction, cfg.ema_stats))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                           weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    sched = lr_schedule(cfg, opt)
     scaler = torch.amp.GradScaler(device_type, enabled=cfg.amp == "fp16")
     history: list[dict] = []
     start_epoch = 0

@@ -1,13 +1,23 @@
 """Pools learnt by exponential-moving-average vector quantisation (online k-means over kernels).
 
 After every optimiser step, for each NWS layer with pool ``P`` (``K x d``) and its ``n`` kernel
-vectors (the temporary weights, cut as the layer cuts them), each kernel is assigned to its
-nearest pool vector and, per entry ``k``::
+vectors (the temporary weights, cut as the layer cuts them), per entry ``k``::
 
     N_k <- decay * N_k + (1 - decay) * n_k            n_k: kernels assigned to k
     m_k <- decay * m_k + (1 - decay) * s_k            s_k: sum of those kernels
     N~_k = (N_k + eps) / (n + K * eps) * n            Laplace smoothing, n = sum_k N_k
     P_k  = m_k / N~_k
+
+Which assignment gives ``n_k`` and ``s_k`` (``EMAConfig.stats``):
+
+- ``forward`` (default, as the authors' ``models/quantizer.py``): the assignment the layer made in
+  the training forward pass, with the kernels as they were then (before the optimiser step);
+  accumulated by a forward hook over the forward passes since the last update and applied by
+  ``update()`` after the step. No second search.
+- ``post_step``: the kernels after the optimiser step, searched again in ``update()``.
+
+``update()`` without a training forward pass since the last one (e.g. called by hand) uses the
+current kernels and their current assignment.
 
 Everything here runs in float32 with autocast off, whatever precision the forward pass uses.
 
@@ -23,6 +33,10 @@ The statistics depend only on the weights, not on the data, and DDP keeps the we
 on every rank, so no statistic has to be summed across ranks (summing would count every kernel
 ``world_size`` times). ``broadcast`` copies rank 0's pools and statistics to the others after each
 update, so the pools stay bit-identical even if ranks' float rounding ever differed.
+
+Revival (our fix: the authors' code never revives) uses the kernels and assignment that gave the
+statistics; in ``forward`` mode, when some entry is dead, the current kernels searched in the pool
+as it was before the update.
 """
 from __future__ import annotations
 
@@ -35,13 +49,19 @@ from .layers import NWSConv2d, nws_layers
 from .search import nearest
 
 
+STATS = ("forward", "post_step")
+
+
 @dataclass
 class EMAConfig:
     decay: float = 0.99
     eps: float = 1e-5
     revive_fraction: float = 0.03  # dead: N_k < revive_fraction * n / K; 0 disables revival
+    stats: str = "forward"         # forward (the authors') | post_step
 
     def __post_init__(self):
+        if self.stats not in STATS:
+            raise ValueError(f"stats must be one of {STATS}, got {self.stats!r}")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {self.decay}")
         if self.eps <= 0:
@@ -52,6 +72,8 @@ class EMAConfig:
 class LayerStats:
     N: torch.Tensor  # [K] EMA counts
     m: torch.Tensor  # [K, d] EMA kernel sums
+    acc_n: torch.Tensor | None = None  # forward mode: n_k, s_k accumulated since the last update
+    acc_s: torch.Tensor | None = None
 
 
 def assignment_stats(vectors: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,6 +106,32 @@ class PoolEMA:
             N = torch.full((m.pool_size,), start, device=pool.device)
             self.stats[name] = LayerStats(N, pool * start)
         self.revived: dict[str, int] = {name: 0 for name, _ in self.layers}
+        self._hooks = []
+        if self.cfg.stats == "forward":
+            for name, m in self.layers:
+                self._hooks.append(m.register_forward_hook(self._accumulate_hook(name)))
+
+    def _accumulate_hook(self, name: str):
+        @torch.no_grad()
+        def hook(layer, args, out):
+            if not layer.training:
+                return
+            st = self.stats[name]
+            with torch.autocast(layer.pool.device.type, enabled=False):
+                vecs = layer.vectors().detach().float()
+                idx = layer.indices  # the assignment this forward pass used
+                n = torch.bincount(idx, minlength=layer.pool_size).float()
+                if st.acc_n is None:
+                    st.acc_n, st.acc_s = n, torch.zeros_like(st.m).index_add_(0, idx, vecs)
+                else:
+                    st.acc_n.add_(n)
+                    st.acc_s.index_add_(0, idx, vecs)
+        return hook
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
 
     @torch.no_grad()
     def update(self) -> dict[str, int]:
@@ -98,22 +146,30 @@ class PoolEMA:
     def _update_layer(self, name: str, layer: NWSConv2d) -> int:
         c, st = self.cfg, self.stats[name]
         vecs = layer.vectors().detach().float()
-        a, counts, sums = assignment_stats(vecs, layer.pool)
+        old_pool = layer.pool  # replaced only at the end
+        assigned = None
+        if st.acc_n is not None:  # forward mode: what the forward passes saw
+            counts, sums = st.acc_n, st.acc_s
+            st.acc_n = st.acc_s = None
+        else:
+            assigned = assignment_stats(vecs, old_pool)
+            _, counts, sums = assigned
         st.N.mul_(c.decay).add_(counts, alpha=1 - c.decay)
         st.m.mul_(c.decay).add_(sums, alpha=1 - c.decay)
         pool = smoothed_pool(st.N, st.m, c.eps)
         if c.revive_fraction > 0:
-            self.revived[name] += self._revive(st, pool, vecs, a, counts)
+            n, K = vecs.shape[0], pool.shape[0]
+            dead = torch.nonzero(st.N < c.revive_fraction * n / K).flatten()
+            if dead.numel():
+                a, now_counts, _ = assigned if assigned is not None else assignment_stats(vecs, old_pool)
+                self.revived[name] += self._revive(st, pool, vecs, a, now_counts, dead)
         layer.pool.copy_(pool)
         layer.reset_search()
         return int((counts > 0).sum())
 
     def _revive(self, st: LayerStats, pool: torch.Tensor, vecs: torch.Tensor, a: torch.Tensor,
-                counts: torch.Tensor) -> int:
+                counts: torch.Tensor, dead: torch.Tensor) -> int:
         n, K = vecs.shape[0], pool.shape[0]
-        dead = torch.nonzero(st.N < self.cfg.revive_fraction * n / K).flatten()
-        if dead.numel() == 0:
-            return 0
         shared = counts[a] >= 2
         err = (vecs - pool[a]).pow(2).sum(1)
         err = torch.where(shared, err, torch.full_like(err, -1.0))

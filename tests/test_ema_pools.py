@@ -42,6 +42,50 @@ def test_update_matches_formula_by_hand():
     assert layer.search(torch.tensor([[P1 - 0.01]])).item() == 1
 
 
+@pytest.mark.parametrize("stats", ["forward", "post_step"])
+def test_statistics_come_from_the_forward_pass_or_after_the_step(stats):
+    """forward (the authors'): the kernels and assignment of the forward pass, accumulated over the
+    passes since the last update; post_step: the kernels after the step, searched again."""
+    model, layer = one_layer([0.0, 10.0], [1.0, 2.0, 9.0])
+    decay, eps = 0.9, 1e-5
+    ema = PoolEMA(model, EMAConfig(decay=decay, eps=eps, revive_fraction=0.0, stats=stats))
+    model.train()
+    model(torch.ones(1, 1, 1, 1))  # assigns 1, 2 -> entry 0 and 9 -> entry 1
+    model(torch.ones(1, 1, 1, 1))  # a second pass before the update: counted twice, as theirs
+    with torch.no_grad():  # the optimiser step moves kernel 1 to 6, now nearer entry 1
+        layer.weight.view(-1)[0] = 6.0
+    ema.update()
+    if stats == "forward":
+        counts, sums = [4.0, 2.0], [2 * (1.0 + 2.0), 2 * 9.0]
+    else:
+        counts, sums = [1.0, 2.0], [2.0, 6.0 + 9.0]
+    N = torch.tensor([decay * 1.5 + (1 - decay) * c for c in counts])
+    m = torch.tensor([decay * 1.5 * p + (1 - decay) * s for p, s in zip([0.0, 10.0], sums)])
+    n = N.sum()
+    torch.testing.assert_close(ema.stats["0"].N, N)
+    torch.testing.assert_close(layer.pool.flatten(), m / ((N + eps) / (n + 2 * eps) * n))
+    model.eval()
+    model(torch.ones(1, 1, 1, 1))  # eval passes are not statistics
+    assert ema.stats["0"].acc_n is None
+
+
+def test_pretraining_lr_drops_once_at_100_of_160_epochs():
+    from nws_avalanche.pretrain import PretrainConfig, lr_milestone, lr_schedule
+
+    assert lr_milestone(160) == 100 and lr_milestone(16) == 10 and lr_milestone(1) == 1
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = lr_schedule(PretrainConfig(epochs=160), opt)
+    lrs = []
+    for _ in range(160):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:100] == [0.01] * 100 and all(abs(x - 0.001) < 1e-12 for x in lrs[100:])
+    opt2 = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    assert isinstance(lr_schedule(PretrainConfig(epochs=10, schedule="cosine"), opt2),
+                      torch.optim.lr_scheduler.CosineAnnealingLR)
+
+
 def test_ema_converges_to_cluster_means():
     model, layer = one_layer([0.0, 10.0], [1.0, 2.0, 9.0])
     ema = PoolEMA(model, EMAConfig(decay=0.5, revive_fraction=0.0))
@@ -58,12 +102,12 @@ def test_commitment_term_is_present_and_trains_the_kernels():
     model(torch.randn(2, 4, 5, 5))
     c = commitment_loss(model)
     q = layer.pool[layer.search(layer.vectors().detach())]
-    expected = (q - layer.vectors()).pow(2).sum(1).mean()
+    expected = (q - layer.vectors()).pow(2).mean()  # per weight, as the authors' layer
     assert float(c.detach()) > 0
     torch.testing.assert_close(c, expected)
     c.backward()
-    # d/dw mean ||q - w||^2 = 2 (w - q) / n: the commitment pulls kernels to their pool vectors
-    torch.testing.assert_close(layer.weight.grad.reshape(-1, 9), 2 * (layer.vectors() - q).detach() / layer.num_vectors)
+    # d/dw mean (q - w)^2 = 2 (w - q) / (number of weights): the commitment pulls kernels to their pool vectors
+    torch.testing.assert_close(layer.weight.grad.reshape(-1, 9), 2 * (layer.vectors() - q).detach() / layer.weight.numel())
 
 
 def test_pretraining_loss_includes_commitment(tmp_path, monkeypatch):
@@ -72,8 +116,10 @@ def test_pretraining_loss_includes_commitment(tmp_path, monkeypatch):
     from nws_avalanche.pretrain import pretrain
 
     data = make_folder(tmp_path / "imgs", per_class=4)
-    a = pretrain(tiny_cfg(data, tmp_path / "a", epochs=1, beta=0.0))
-    b = pretrain(tiny_cfg(data, tmp_path / "b", epochs=1, beta=5.0))
+    # three steps: the statistics of a step come from its forward pass, so the first update sees
+    # the same (initial) kernels in both runs; the later ones see kernels the commitment moved
+    a = pretrain(tiny_cfg(data, tmp_path / "a", epochs=1, beta=0.0, batch_size=4))
+    b = pretrain(tiny_cfg(data, tmp_path / "b", epochs=1, beta=5.0, batch_size=4))
     assert b["history"][0]["commitment"] > 0
     assert any(not torch.equal(a["pools"][k], b["pools"][k]) for k in a["pools"])
 

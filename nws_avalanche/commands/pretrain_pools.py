@@ -15,6 +15,8 @@ _HELP = {
     "revive_fraction": "an entry is dead when its EMA count < this * n/K (0: no revival)",
     "stop_after": "stop after N epochs in this invocation; rerun to continue",
     "amp": "mixed precision: off | bf16 | fp16 (distances and EMA stay float32)",
+    "ema_stats": "EMA statistics from: forward (the forward pass's assignment, the authors') | post_step",
+    "schedule": "LR: multistep (x0.1 at 100/160 of the epochs, the authors') | cosine",
 }
 
 
