@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from .artifact import load_nws_task, save_nws_task
@@ -32,7 +33,7 @@ class NWS(TaskIncrementalStrategy):
     name = "nws"
     Options = NWSOptions
     needs_pools = True
-    checkpoint_attrs = ("plugin.tasks_seen",)
+    checkpoint_attrs = ("plugin.tasks_seen", "last_indices")
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, "nws", NWSOptions)
@@ -45,6 +46,7 @@ class NWS(TaskIncrementalStrategy):
                                 include_head=opts.include_head, search_factory=self.search_factory, seed=cfg.seed)
         super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, plugins=[self.plugin],
                          options=opts, progress=progress)
+        self.last_indices = self._indices()  # the pretrained network's: what task 0 is compared with
 
     def prepare_task(self, t, num_classes):
         if t == 0:
@@ -82,7 +84,22 @@ class NWS(TaskIncrementalStrategy):
     def assist_files(self, directory):
         return [Path(directory) / "pools.nwsp"]
 
+    def _indices(self) -> dict:
+        return {name: m.indices.detach().cpu().to(torch.int32).clone() for name, m in nws_layers(self.model)}
+
     def task_summary(self, t):
         counts = {name: np.bincount(m.indices.cpu().numpy(), minlength=m.pool_size).tolist()
                   for name, m in nws_layers(self.model)}
-        return {"selection_counts": counts}
+        now = self._indices()
+        layers = {}
+        for name, idx in now.items():
+            prev = self.last_indices.get(name)
+            if prev is not None and prev.shape == idx.shape:  # a head of another size: not comparable
+                changed = int((prev != idx).sum())
+                layers[name] = {"changed": changed, "share": changed / max(idx.numel(), 1)}
+        self.last_indices = now
+        changed = sum(v["changed"] for v in layers.values())
+        total = sum(now[n].numel() for n in layers)
+        return {"selection_counts": counts,
+                "index_changes": {"against": "pretrained" if t == 0 else f"task {t - 1}", "layers": layers,
+                                  "changed": changed, "share": changed / max(total, 1)}}
