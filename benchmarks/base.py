@@ -15,6 +15,8 @@ from torch.utils.data import Dataset
 from nws_avalanche.registry import Registry
 
 BENCHMARKS: Registry = Registry("benchmark")
+# benchmark name -> dataclass of its ``benchmark_options`` (checked with the rest of the config)
+BENCHMARK_OPTIONS: Registry = Registry("benchmark options")
 
 
 @dataclass

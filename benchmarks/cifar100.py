@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from nws_avalanche.errors import DataError
+from nws_avalanche.errors import ConfigError, DataError
 from nws_avalanche.registry import Registry
 
-from .base import BENCHMARKS, BenchmarkData, Task
-from .imagefolder import (check_not_empty, check_options, check_same_classes, handle_unreadable, list_dirs,
-                          scan_split)
+from .base import BENCHMARK_OPTIONS, BENCHMARKS, BenchmarkData, Task
+from .imagefolder import (VERIFY_MODES, check_not_empty, check_options, check_same_classes, handle_unreadable,
+                          list_dirs, scan_split)
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 PICKLES = ("train", "test", "meta")
@@ -263,6 +263,25 @@ def groups_10x10(data: CifarData, seed: int) -> list[tuple[str, list[int]]]:
 VARIANTS: Registry = Registry("split-cifar100 variant")
 VARIANTS.register("20x5")(groups_20x5)
 VARIANTS.register("10x10")(groups_10x10)
+
+
+@BENCHMARK_OPTIONS.register("split-cifar100")
+@dataclass
+class CifarOptions:
+    variant: str = "20x5"
+    max_tasks: int | None = None
+    skip_unreadable: bool = False
+    download: bool = False
+    verify: str = "header"
+
+    def __post_init__(self):  # checked with the rest of the config, before anything is written
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"benchmark_options.variant must be one of {', '.join(VARIANTS.names())} "
+                              f"(got {self.variant!r})")
+        if self.max_tasks is not None and self.max_tasks < 1:
+            raise ConfigError(f"benchmark_options.max_tasks must be >= 1 (got {self.max_tasks})")
+        if self.verify not in VERIFY_MODES:
+            raise ConfigError(f"benchmark_options.verify must be one of {', '.join(VERIFY_MODES)} (got {self.verify!r})")
 
 
 class CifarImages(Dataset):

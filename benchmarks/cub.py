@@ -17,17 +17,18 @@ identify every file before training; ``full``: decode every file; ``none``), ``s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision import transforms as T
 
-from nws_avalanche.errors import DataError
+from nws_avalanche.errors import ConfigError, DataError
 
-from .base import BENCHMARKS, BenchmarkData, Task
-from .imagefolder import (ImageFiles, SplitIndex, check_not_empty, check_options, check_same_classes,
-                          find_unreadable, handle_unreadable, scan_split)
+from .base import BENCHMARK_OPTIONS, BENCHMARKS, BenchmarkData, Task
+from .imagefolder import (VERIFY_MODES, ImageFiles, SplitIndex, check_not_empty, check_options,
+                          check_same_classes, find_unreadable, handle_unreadable, scan_split)
 
 DATASETS = ["cubs_cropped", "stanford_cars_cropped", "flowers", "wikiart", "sketches"]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -35,6 +36,26 @@ OBTAIN = ("Use the preprocessed sets of Piggyback/PackNet/CPG (CUB-200 and Stanf
           "boxes, Oxford Flowers-102, WikiArt, Sketches; see github.com/arunmallya/piggyback), or any dataset "
           "arranged the same way, and list the names with --set benchmark_options.datasets=[a,b,...]")
 
+
+
+@BENCHMARK_OPTIONS.register("cub-to-sketches")
+@dataclass
+class CubOptions:
+    datasets: list[str] = field(default_factory=lambda: list(DATASETS))
+    image_size: int = 224
+    cutout: int | None = None         # None: round(16 * image_size / 224)
+    cropped: list[str] | None = None  # None: the names ending _cropped
+    verify: str = "header"
+    skip_unreadable: bool = False
+    jpeg_draft: bool = True
+
+    def __post_init__(self):  # checked with the rest of the config, before anything is written
+        if self.image_size < 8:
+            raise ConfigError(f"benchmark_options.image_size must be >= 8 (got {self.image_size})")
+        if self.cutout is not None and self.cutout < 0:
+            raise ConfigError(f"benchmark_options.cutout must be >= 0 (got {self.cutout})")
+        if self.verify not in VERIFY_MODES:
+            raise ConfigError(f"benchmark_options.verify must be one of {', '.join(VERIFY_MODES)} (got {self.verify!r})")
 
 class ToNormalizedTensor:
     """PIL RGB -> normalised float CHW tensor, computed in numpy on the calling thread.

@@ -8,14 +8,31 @@ pools and the initial weights come from.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .base import BENCHMARKS, BenchmarkData, Task
+from nws_avalanche.errors import ConfigError
+
+from .base import BENCHMARK_OPTIONS, BENCHMARKS, BenchmarkData, Task
 
 SPLIT = (0.25, 0.25, 0.5)  # test, pretrain, train
+
+
+@BENCHMARK_OPTIONS.register("split-digits")
+@dataclass
+class DigitsOptions:
+    tasks: int = 5         # number of tasks; must divide the 10 classes
+    image_size: int = 32   # side the 8x8 images are upsampled to
+
+    def __post_init__(self):  # checked with the rest of the config, before anything is written
+        if self.tasks not in (1, 2, 5, 10):
+            raise ConfigError(f"benchmark_options.tasks must divide 10: 1, 2, 5 or 10 (got {self.tasks})")
+        if self.image_size < 8:
+            raise ConfigError(f"benchmark_options.image_size must be >= 8 (got {self.image_size})")
 
 
 class TensorImages(Dataset):
@@ -53,8 +70,6 @@ def split_digits(cfg) -> BenchmarkData:
     opts = dict(getattr(cfg, "benchmark_options", {}) or {})
     n_tasks = int(opts.get("tasks", 5))
     size = int(opts.get("image_size", 32))
-    if 10 % n_tasks:
-        raise ValueError(f"split-digits: tasks must divide 10, got {n_tasks}")
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

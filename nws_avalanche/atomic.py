@@ -1,29 +1,89 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes: a reader never sees a half-written file.
+
+The temp file gets the mode a plain ``open(path, "w")`` would give: the existing file's mode, or
+``0o666`` less the process umask for a new file (``mkstemp`` alone would leave 0600, unreadable
+to collaborators on a shared machine). A write that fails for a reason the user fixes (no space,
+quota, read-only file system, permission) removes the temp file, leaves ``path`` as it was and
+raises ``OutputError`` naming the path and the cause.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable
+
+from .errors import OutputError
+
+# errno -> what the user sees; the cases a user fixes by freeing space or choosing another folder
+USER_FIXABLE = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a component of the path is not a folder",
+    errno.ENOENT: "a folder on the path does not exist and cannot be created",
+}
+_umask_lock = threading.Lock()
+
+
+def process_umask() -> int:
+    """The current umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _umask_lock:  # portable fallback: set and restore
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~process_umask()
+
+
+def output_error(path, e: OSError) -> OutputError:
+    cause = USER_FIXABLE.get(e.errno, e.strerror or type(e).__name__)
+    return OutputError(f"cannot write {path}: {cause}; the file is unchanged and files already written are kept. "
+                       f"Free space or choose a writable --out, then rerun (it resumes at its next task)")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Write through ``write(fileobj)`` to a temp file beside ``path``, then rename over it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if e.errno in USER_FIXABLE:
+            raise output_error(path, e) from None
+        raise
+    try:
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in USER_FIXABLE:
+            raise output_error(path, e) from None
         raise
     return path
 
@@ -38,3 +98,24 @@ def atomic_write_text(path, text: str) -> Path:
 
 def atomic_write_json(path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_writable(folder: str | os.PathLike, probe_bytes: int = 64 * 1024) -> Path:
+    """Create ``folder`` if needed and write (then remove) a small probe file in it, so that an
+    unwritable, read-only or full output stops a run before any work, naming the folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".nws-write-probe.", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(b"\0" * probe_bytes)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            os.unlink(tmp)
+    except OSError as e:
+        cause = USER_FIXABLE.get(e.errno, e.strerror or type(e).__name__)
+        raise OutputError(f"cannot write to output folder {folder}: {cause}; choose a writable --out "
+                          f"(or free space there)") from None
+    return folder

@@ -9,6 +9,7 @@ Resolution order (later wins): dataclass defaults < ``presets/<benchmark>.yaml``
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,15 @@ class RunConfig:
     data_root: str | None = None
     device: str = "cpu"
     num_workers: int = 0
+    # a non-finite loss or weights stops the task (nws_avalanche.guard); true: warn once and go on
+    allow_nonfinite: bool = False
     benchmark_options: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     wandb: dict[str, Any] = field(default_factory=dict)  # mode, project, entity, dir (nws_avalanche.wandb_log)
     slurm: dict[str, Any] = field(default_factory=dict)  # partition, time_min, ... (nws_avalanche.launch)
 
     def validate(self) -> "RunConfig":
+        """Ranges and allowed values of the top-level keys (types are checked by ``resolve``)."""
         def need(ok, msg):
             if not ok:
                 raise ConfigError(msg)
@@ -65,11 +69,25 @@ class RunConfig:
         need(self.beta >= 0, f"beta must be >= 0 (got {self.beta}); the paper uses 0.5 (CIFAR) / 0.1 (CUB)")
         need(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})")
         need(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
+        need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1 (got {self.eval_batch_size})")
         need(self.lr > 0, f"lr must be > 0 (got {self.lr})")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1) (got {self.momentum}); the paper uses 0.9")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})")
+        need(self.gamma > 0, f"gamma must be > 0 (got {self.gamma})")
+        need(all(m >= 0 for m in self.milestones), f"milestones must be epochs >= 0 (got {self.milestones})")
         need(self.group_size >= 1, f"group_size must be >= 1 (got {self.group_size})")
         need(self.head_init in ("pretrained", "fresh"),
              f"head_init must be pretrained or fresh (got {self.head_init!r})")
         need(self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam (got {self.optimizer!r})")
+        need(self.pretrain_epochs >= 0, f"pretrain_epochs must be >= 0 (got {self.pretrain_epochs})")
+        need(self.pretrain_lr > 0, f"pretrain_lr must be > 0 (got {self.pretrain_lr})")
+        need(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1 (got {self.kmeans_iters})")
+        need(self.num_workers >= 0, f"num_workers must be >= 0 (got {self.num_workers})")
+        need(0 <= self.seed < 2 ** 31, f"seed must be in 0..2**31-1 (got {self.seed})")
+        need(isinstance(self.device, str) and self.device.strip() != "",
+             f"device must be cpu, cuda or cuda:N (got {self.device!r})")
+        for name in ("benchmark_options", "method_options", "wandb", "slurm"):
+            need(isinstance(getattr(self, name), dict), f"{name} must be a mapping of key: value")
         return self
 
     def options(self, method: str | None = None) -> dict[str, Any]:
@@ -129,29 +147,74 @@ def parse_set(item: str) -> dict:
     return out
 
 
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _split_type(typ: Any) -> tuple[str, bool]:
+    """``"int | None"`` -> ``("int", True)``; the annotations are strings (postponed evaluation)."""
+    parts = [p.strip() for p in str(typ).replace("typing.", "").split("|")]
+    base = [p for p in parts if p != "None"]
+    return (base[0] if base else "Any"), len(base) < len(parts)
+
+
 def _coerce(name: str, value: Any, default: Any, typ: Any) -> Any:
-    t = str(typ)
-    try:
-        if value is None:
+    """``value`` as the declared type, strictly: no bool for a number, no fraction for an int,
+    no inf/nan, only true/false for a bool; otherwise a ConfigError naming the key."""
+    t, optional = _split_type(typ)
+
+    def bad(expected: str):
+        return ConfigError(f"config key {name!r}: expects {expected}, got {value!r}")
+
+    if value is None:
+        if optional or default is None:
             return None
-        if t == "bool" or isinstance(default, bool):
-            if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if t == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
+        raise bad(f"a value ({t}); remove the key to use its default {default!r}")
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+            return value.strip().lower() in TRUE
+        raise bad("true or false")
+    if t == "int":
+        if isinstance(value, bool):
+            raise bad("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
             return int(value)
-        if t == "float":
-            return float(value)
-        if t.startswith("list"):
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v != ""]
-            return [int(v) for v in value] if "int" in t else list(value)
-        if t.startswith("str"):
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise bad("an integer")
+    if t == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad("a finite number")
+        try:
+            out = float(value)
+        except ValueError:
+            raise bad("a finite number") from None
+        if not math.isfinite(out):
+            raise bad("a finite number")
+        return out
+    if t == "str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key {name!r}: cannot use {value!r} (expected {t})") from None
+        raise bad("a string")
+    if t.startswith("list"):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip() != ""]
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        inner = t[len("list["):-1] if t.startswith("list[") else "Any"
+        return [_coerce(f"{name}[{i}]", v, None, inner) for i, v in enumerate(value)]
+    if t.startswith("dict"):
+        if not isinstance(value, dict):
+            raise bad("a mapping of key: value")
+        return value
     return value
 
 
@@ -184,17 +247,52 @@ def build_config(configs: list[str] = (), sets: list[str] = (), **fixed: Any) ->
     return resolve([base, merged])
 
 
-def method_options(cfg: RunConfig, method: str, options_cls) -> Any:
-    """Build a method's ``Options`` dataclass from ``cfg.method_options[method]``."""
-    given = cfg.options(method)
+def build_options(prefix: str, given: dict, options_cls) -> Any:
+    """``options_cls`` (a dataclass) from ``given``: unknown keys and wrong types refused, naming
+    ``prefix.key``; the dataclass's ``__post_init__`` checks the ranges and allowed values."""
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{prefix} must be a mapping of option: value, got {given!r}")
     names = {f.name: f for f in fields(options_cls)}
     unknown = set(given) - set(names)
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))} for method {method!r}; "
+        raise ConfigError(f"unknown {prefix} option(s) {', '.join(f'{prefix}.{k}' for k in sorted(unknown))}; "
                           f"known: {', '.join(sorted(names)) or '(none)'}")
     kw = {}
     for k, v in given.items():
         f = names[k]
         default = f.default if f.default is not dataclasses.MISSING else None
-        kw[k] = _coerce(f"{method}.{k}", v, default, f.type)
-    return options_cls(**kw)
+        kw[k] = _coerce(f"{prefix}.{k}", v, default, f.type)
+    try:
+        return options_cls(**kw)
+    except (TypeError, ValueError) as e:  # a check that is not a ConfigError yet
+        raise ConfigError(f"{prefix}: {e}") from None
+
+
+def method_options(cfg: RunConfig, method: str, options_cls) -> Any:
+    """Build a method's ``Options`` dataclass from ``cfg.method_options[method]``."""
+    return build_options(method, cfg.options(method), options_cls)
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before any work."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"config key 'device': {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"config key 'device': {device!r} but this machine has no usable CUDA GPU; "
+                              f"use --set device=cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"config key 'device': {device!r} but this machine has {n} CUDA GPU(s) "
+                              f"(cuda:0..cuda:{n - 1})")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"config key 'device': {device!r} but MPS is not available here; use --set device=cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"config key 'device': {device!r} is not supported; use cpu, cuda or cuda:N")

@@ -15,3 +15,11 @@ class DataError(NWSError):
 
 class ArtifactError(NWSError):
     pass
+
+
+class OutputError(NWSError):
+    """A file or folder cannot be written (permission, read-only, no space)."""
+
+
+class DivergedError(NWSError):
+    """Training produced a non-finite loss or weights."""

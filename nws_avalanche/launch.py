@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,9 @@ class SlurmOptions:
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "SlurmOptions":
-        names = {f.name for f in fields(cls)}
-        unknown = set(section or {}) - names
-        if unknown:
-            raise ConfigError(f"unknown slurm option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
-        opts = cls(**(section or {}))
+        from .config import build_options
+
+        opts = build_options("slurm", section or {}, cls)  # unknown keys and wrong types named
         if opts.array_parallelism < 1 or opts.time_min < 1:
             raise ConfigError(f"slurm.array_parallelism and slurm.time_min must be >= 1 (got {asdict(opts)})")
         return opts

@@ -20,12 +20,13 @@ import yaml
 
 from benchmarks import build_benchmark, to_avalanche
 from .assets import prepare_assets
-from .atomic import atomic_write_json, atomic_write_text
+from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
 from .checkpoint import CHECKPOINT_NAME, Progress, load_checkpoint, restore, save_checkpoint, seed_all, task_seed
-from .config import RunConfig
+from .config import RunConfig, check_device
 from .errors import ConfigError
 from .methods import METHODS, load_all
 from .results import build_results, memory_mib
+from .runlock import run_folder_lock
 from .runstatus import error_tail, read_status, write_status
 from .training import evaluate
 
@@ -49,13 +50,24 @@ def run_dir(out: Path, cfg: RunConfig, sweep: dict | None = None) -> Path:
 
 
 def check_names(cfg: RunConfig) -> None:
+    """Every name and option of ``cfg`` (method, benchmark, architecture, their options), before any work."""
     from benchmarks import BENCHMARKS
+    from benchmarks.base import BENCHMARK_OPTIONS
 
-    from .config import method_options
+    from .config import build_options, method_options
+    from .models import ARCHS
+    from .wandb_log import wandb_mode
 
     load_all()
     cls = METHODS.get(cfg.method)
     BENCHMARKS.get(cfg.benchmark)
+    ARCHS.get(cfg.arch)
+    wandb_mode(cfg)
+    if cfg.benchmark in BENCHMARK_OPTIONS:
+        try:
+            build_options("benchmark_options", cfg.benchmark_options, BENCHMARK_OPTIONS.get(cfg.benchmark))
+        except ConfigError as e:
+            raise ConfigError(f"{cfg.benchmark}: {e}") from None
     for name, opts in cfg.method_options.items():
         if name not in METHODS:
             raise ConfigError(f"method options given for unknown method {name!r} (--set {name}.KEY=...); "
@@ -75,7 +87,8 @@ def _check_folder(rdir: Path, cfg: RunConfig) -> None:
     path = rdir / "config.yaml"
     if not path.is_file():
         return
-    old = yaml.safe_load(path.read_text()) or {}
+    # a key added since that run was written counts as its default
+    old = {**RunConfig().to_dict(), **(yaml.safe_load(path.read_text()) or {})}
     new = _identity(cfg.to_dict())
     if _identity(old) != new:
         diff = sorted(k for k in set(old) | set(new) if k not in LAUNCH_KEYS and old.get(k) != new.get(k))
@@ -111,8 +124,15 @@ def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: boo
     """Run (or resume, or skip when finished) one (benchmark, method, seed[, sweep point])."""
     cfg.validate()
     check_names(cfg)
+    check_device(cfg.device)  # here, on the machine that runs it
     cfg = with_resolved_options(cfg)
     rdir = run_dir(out, cfg, sweep)
+    check_writable(out)  # an unwritable or full --out stops before any work
+    with run_folder_lock(rdir):  # a second run into the same folder stops here (exit 2)
+        return _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep)
+
+
+def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep) -> dict:
     results_path = rdir / "results.json"
     if not overwrite:
         _check_folder(rdir, cfg)
@@ -138,7 +158,10 @@ def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: boo
     try:
         results = _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks, sweep)
     except BaseException as e:
-        write_status(rdir, "failed", (read_status(rdir) or {}).get("next_task", 0), T, error_tail(e))
+        try:
+            write_status(rdir, "failed", (read_status(rdir) or {}).get("next_task", 0), T, error_tail(e))
+        except Exception:  # noqa: BLE001 - e.g. a full disk: the original error is the one to report
+            pass
         raise
     atomic_write_json(results_path, results)
     write_status(rdir, "finished", T, T)
@@ -148,7 +171,7 @@ def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: boo
 
 def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks, sweep) -> dict:
     if assets.pools is not None and not (art / "pools.nwsp").is_file():
-        shutil.copyfile(assets.pool_path, art / "pools.nwsp")
+        atomic_write_bytes(art / "pools.nwsp", Path(assets.pool_path).read_bytes())  # never half a copy
     seed_everything(cfg.seed)
     task_classes = [t.num_classes for t in bench.tasks]
     strategy = strategy_cls(cfg=cfg, assets=assets, task_classes=task_classes, progress=progress)

@@ -47,5 +47,9 @@ def read_status(run_dir: Path) -> dict | None:
 
 
 def error_tail(exc: BaseException, lines: int = TAIL_LINES) -> str:
+    from .errors import NWSError
+
+    if isinstance(exc, NWSError):  # a user-facing error: its message says it all
+        return f"error: {exc}"
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip().splitlines()
     return "\n".join(text[-lines:])

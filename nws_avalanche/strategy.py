@@ -10,12 +10,13 @@ import torch.nn as nn
 
 from .artifact import load_nws_task, save_nws_task
 from .config import method_options
+from .errors import ConfigError
 from .layers import nws_layers
 from .methods import METHODS
 from .models import build_arch, get_head, set_head
 from .nwsify import make_nws_layer, nwsify
-from .plugin import NWSPlugin
-from .codecs import DEFAULT_CODEC
+from .plugin import INITS, NWSPlugin
+from .codecs import CODECS, DEFAULT_CODEC
 from .search import DEFAULT_SEARCH, SEARCHES
 from .template import TaskIncrementalStrategy, pretrained_with_head
 
@@ -26,6 +27,11 @@ class NWSOptions:
     codec: str = DEFAULT_CODEC   # how indices are stored (see nws_avalanche.codecs)
     include_head: bool = True    # the classifier as a 1x1 NWS conv, as in the paper
     search: str = DEFAULT_SEARCH  # nearest-vector search implementation (nws_avalanche.search)
+
+    def __post_init__(self):  # checked by the runner before anything is written
+        for key, allowed in (("init", INITS), ("codec", CODECS.names()), ("search", SEARCHES.names())):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"nws.{key} must be one of {', '.join(allowed)} (got {getattr(self, key)!r})")
 
 
 @METHODS.register("nws")

@@ -24,6 +24,7 @@ import torch.nn as nn
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
+from .guard import FiniteGuard
 from .training import EpochLRSchedule, ProgressBar, build_optimizer
 
 
@@ -44,7 +45,7 @@ class TaskIncrementalStrategy(SupervisedTemplate):
             model=model, optimizer=build_optimizer(cfg, model.parameters()),
             criterion=nn.CrossEntropyLoss(), train_mb_size=cfg.batch_size, train_epochs=cfg.epochs,
             eval_mb_size=cfg.eval_batch_size, device=cfg.device,
-            plugins=[*plugins, EpochLRSchedule(cfg.milestones, cfg.gamma),
+            plugins=[*plugins, FiniteGuard(cfg.allow_nonfinite), EpochLRSchedule(cfg.milestones, cfg.gamma),
                      ProgressBar(self.name, disable=None if progress is None else not progress)],
             evaluator=_quiet_evaluator())
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cli import command
-from ..config import build_config
+from ..atomic import check_writable
+from ..config import build_config, check_device
 from ..errors import ConfigError
 
 
@@ -48,6 +49,8 @@ def main(args):
     specs = expand_grid(args.config, args.set, methods, benchmarks, seeds, args.sweep, data_root=args.data_root)
     for spec in specs:  # every name and option checked before any job starts
         check_names(spec.cfg)
+        if args.launcher != "slurm":  # slurm jobs run on other machines; each checks its own device
+            check_device(spec.cfg.device)
     out = Path(args.out)
     if args.dry_run:
         for spec in specs:
@@ -55,6 +58,7 @@ def main(args):
         if args.launcher == "slurm":
             print(sbatch_script(specs, out, SlurmOptions.from_config(specs[0].cfg.slurm)))
         return 0
+    check_writable(out)  # an unwritable or full --out stops before any job starts
     outcomes = launch(args.launcher, specs, out, overwrite=args.overwrite)
     failed = [o for o in outcomes if not o.ok]
     for o in failed:

@@ -1,0 +1,63 @@
+"""One process per run folder: an exclusive ``flock`` on ``<run folder's parent>/.<name>.lock``.
+
+The lock file sits beside the run folder (not in it) so that ``--overwrite`` deleting the folder
+does not delete a held lock. The kernel drops a ``flock`` when its process dies, however it dies,
+so a lock file left by a killed run is simply taken over. The holder writes its pid and host into
+the file, which is how a refused run names it. Released (and the file removed) on exit.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+def lock_path(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        text = ""
+    pid, _, host = text.partition(" ")
+    return f"process {pid} on {host or 'an unknown host'}" if pid else "another process"
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path):
+    """Hold ``run_dir``'s lock for the block; a second holder gets a ConfigError (exit 2)."""
+    path = lock_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"{run_dir} is in use by {_holder(path)} (lock {path}); wait for that run to end "
+                              f"or stop it, then rerun (it resumes where that run stopped)") from None
+        # the previous holder may have removed the file between our open and our lock: retry on the new one
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield path
+    finally:
+        try:
+            os.unlink(path)  # while still held, so nobody locks a file that is about to vanish
+        except FileNotFoundError:
+            pass
+        os.close(fd)
