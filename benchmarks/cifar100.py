@@ -13,7 +13,8 @@ when nothing is found (never needed when the files are there).
 Layouts under ``data_root`` (``LAYOUTS``, tried in order): torchvision's extracted
 ``cifar-100-python/{train,test,meta}`` pickles (or those three files directly in the root), or
 image folders ``train/<superclass>/<class>/<image>`` + ``test/...`` (the CPG/authors' layout).
-Within a class, images are ordered by file name, so both layouts give identical tasks when the
+The pickles are read with a restricted unpickler (``nws_avalanche.safepickle``): plain data only,
+so a crafted file cannot run code. Within a class, images are ordered by file name, so both layouts give identical tasks when the
 folder files carry the pickles' ``filenames``.
 
 All images are decoded once into one uint8 tensor; a training item is a crop of the zero-padded
@@ -35,6 +36,7 @@ from torch.utils.data import Dataset
 
 from nws_avalanche.errors import ConfigError, DataError
 from nws_avalanche.registry import Registry
+from nws_avalanche.safepickle import ForbiddenPickle, load_plain
 
 from .base import BENCHMARK_OPTIONS, BENCHMARKS, BenchmarkData, Task
 from .imagefolder import (VERIFY_MODES, check_not_empty, check_options, check_same_classes, handle_unreadable,
@@ -64,9 +66,13 @@ class CifarData:
 
 # -- layout 1: torchvision's python pickles ---------------------------------------------------------
 def _unpickle(path: Path) -> dict:
+    # a restricted unpickler: a crafted file is refused by name instead of running code on load
     try:
         with open(path, "rb") as fh:
-            obj = pickle.load(fh, encoding="latin1")
+            obj = load_plain(fh, encoding="latin1")
+    except ForbiddenPickle as e:
+        raise DataError(f"{path}: refused, not a genuine CIFAR-100 file: {e}. The real files hold only lists, "
+                        f"strings, numbers and numpy arrays; re-extract {URL}") from None
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError) as e:
         raise DataError(f"{path}: not a readable CIFAR-100 python pickle ({type(e).__name__}: {e}); "
                         f"re-extract {URL} so that cifar-100-python/ holds train, test and meta") from None

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nws_avalanche.safepickle import load_plain
+
 from .cifar100_names import COARSE_LABEL_NAMES, FINE_LABEL_NAMES, SUPERCLASSES
 
 
@@ -50,10 +52,10 @@ def write_cifar100_folders(pickle_dir: Path, root: Path) -> Path:
 
     root = Path(root)
     with open(Path(pickle_dir) / "meta", "rb") as fh:
-        meta = pickle.load(fh, encoding="latin1")
+        meta = load_plain(fh, encoding="latin1")
     for split in ("train", "test"):
         with open(Path(pickle_dir) / split, "rb") as fh:
-            d = pickle.load(fh, encoding="latin1")
+            d = load_plain(fh, encoding="latin1")
         for row, f, c, name in zip(d["data"], d["fine_labels"], d["coarse_labels"], d["filenames"]):
             folder = root / split / meta["coarse_label_names"][c] / meta["fine_label_names"][f]
             folder.mkdir(parents=True, exist_ok=True)

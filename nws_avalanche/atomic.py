@@ -101,12 +101,17 @@ def atomic_write_json(path, obj: Any) -> Path:
 
 
 def check_writable(folder: str | os.PathLike, probe_bytes: int = 64 * 1024) -> Path:
-    """Create ``folder`` if needed and write (then remove) a small probe file in it, so that an
-    unwritable, read-only or full output stops a run before any work, naming the folder."""
+    """Write (then remove) a small probe file in ``folder``, or in its nearest existing ancestor when
+    it does not exist yet (creating nothing), so that an unwritable, read-only or full output stops a
+    run before any work, naming the folder and the cause."""
     folder = Path(folder)
+    probe_dir = folder
+    while not probe_dir.exists() and probe_dir.parent != probe_dir:
+        probe_dir = probe_dir.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".nws-write-probe.", dir=folder)
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe_dir))
+        fd, tmp = tempfile.mkstemp(prefix=".nws-write-probe.", dir=probe_dir)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(b"\0" * probe_bytes)
@@ -116,6 +121,7 @@ def check_writable(folder: str | os.PathLike, probe_bytes: int = 64 * 1024) -> P
             os.unlink(tmp)
     except OSError as e:
         cause = USER_FIXABLE.get(e.errno, e.strerror or type(e).__name__)
-        raise OutputError(f"cannot write to output folder {folder}: {cause}; choose a writable --out "
+        where = "" if probe_dir == folder else f" ({probe_dir})"
+        raise OutputError(f"cannot write to output folder {folder}{where}: {cause}; choose a writable --out "
                           f"(or free space there)") from None
     return folder

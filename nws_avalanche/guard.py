@@ -30,14 +30,19 @@ class FiniteGuard(SupervisedPlugin):
         self.allow = allow
         self.warned = False
 
-    def _where(self, strategy) -> str:
-        # task as in the artifact names (task000 = task 0); epoch and iteration counted from 1
+    @staticmethod
+    def _where(strategy, epoch_end: bool = False) -> str:
+        # task as in the artifact names (task000 = task 0); epoch and iteration counted from 1.
+        # Avalanche's clock is the last plugin: here it still counts the current epoch as unfinished.
         clock = strategy.clock
-        return (f"task {strategy.experience.current_experience}, epoch {clock.train_exp_epochs + 1} of "
-                f"{strategy.train_epochs}, iteration {clock.train_epoch_iterations + 1}")
+        where = (f"task {strategy.experience.current_experience}, epoch {clock.train_exp_epochs + 1} of "
+                 f"{strategy.train_epochs}")
+        if epoch_end:
+            return f"{where}, after its last iteration ({clock.train_epoch_iterations})"
+        return f"{where}, iteration {clock.train_epoch_iterations + 1}"
 
-    def _found(self, strategy, what: str) -> None:
-        where = self._where(strategy)
+    def _found(self, strategy, what: str, epoch_end: bool = False) -> None:
+        where = self._where(strategy, epoch_end)
         if not self.allow:
             raise DivergedError(
                 f"{where}: {what}; training diverged (lr={strategy.cfg.lr:g}). This task wrote nothing; earlier "
@@ -58,4 +63,4 @@ class FiniteGuard(SupervisedPlugin):
     def after_training_epoch(self, strategy, **kw):
         name = first_nonfinite(strategy.model)
         if name is not None:
-            self._found(strategy, f"{name} holds non-finite values")
+            self._found(strategy, f"{name} holds non-finite values", epoch_end=True)

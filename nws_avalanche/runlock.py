@@ -30,13 +30,28 @@ def _holder(path: Path) -> str:
     return f"process {pid} on {host or 'an unknown host'}" if pid else "another process"
 
 
+def _missing_dirs(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    while not folder.exists() and folder.parent != folder:
+        out.append(folder)
+        folder = folder.parent
+    return out
+
+
 @contextmanager
 def run_folder_lock(run_dir: Path):
-    """Hold ``run_dir``'s lock for the block; a second holder gets a ConfigError (exit 2)."""
+    """Hold ``run_dir``'s lock for the block; a second holder gets a ConfigError (exit 2). Folders
+    created only to hold the lock are removed again if still empty (a run refused for bad data
+    leaves nothing behind)."""
     path = lock_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    created = _missing_dirs(path.parent)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # another run removed the empty folder meanwhile: make it again
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -61,3 +76,8 @@ def run_folder_lock(run_dir: Path):
         except FileNotFoundError:
             pass
         os.close(fd)
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:  # not empty (the run wrote there) or already gone
+                break
