@@ -48,7 +48,23 @@ class BenchmarkData:
         return [t.name for t in self.tasks]
 
 
+def check_benchmark_options(cfg) -> Any:
+    """``cfg.benchmark_options`` as the benchmark's options dataclass: unknown keys, wrong types and
+    out-of-range values stop here (ConfigError), before any work. None for a benchmark without one."""
+    from nws_avalanche.config import build_options
+    from nws_avalanche.errors import ConfigError
+
+    BENCHMARKS.get(cfg.benchmark)
+    if cfg.benchmark not in BENCHMARK_OPTIONS:
+        return None
+    try:
+        return build_options("benchmark_options", cfg.benchmark_options, BENCHMARK_OPTIONS.get(cfg.benchmark))
+    except ConfigError as e:
+        raise ConfigError(f"{cfg.benchmark}: {e}") from None
+
+
 def build_benchmark(cfg) -> BenchmarkData:
+    check_benchmark_options(cfg)
     return BENCHMARKS.get(cfg.benchmark)(cfg)
 
 

@@ -119,7 +119,14 @@ def _executor(kind: str, out: Path):
     import submitit
 
     folder = Path(out) / "_submitit" / "%j"
-    return submitit.LocalExecutor(folder=folder) if kind == "local" else submitit.SlurmExecutor(folder=folder)
+    if kind == "local":
+        # submitit loads <folder>/<job id>_0_result.pkl (a pickle) once the job ends, and local job ids
+        # are pids, which repeat: a folder of its own per launch means it only ever loads what its
+        # own jobs wrote, never a stale or planted file from an earlier launch or a copied tree
+        import uuid
+
+        return submitit.LocalExecutor(folder=Path(out) / "_submitit" / f"local-{uuid.uuid4().hex[:12]}" / "%j")
+    return submitit.SlurmExecutor(folder=folder)
 
 
 def _collect(specs, jobs) -> list[Outcome]:

@@ -51,29 +51,28 @@ def run_dir(out: Path, cfg: RunConfig, sweep: dict | None = None) -> Path:
 
 def check_names(cfg: RunConfig) -> None:
     """Every name and option of ``cfg`` (method, benchmark, architecture, their options), before any work."""
-    from benchmarks import BENCHMARKS
-    from benchmarks.base import BENCHMARK_OPTIONS
+    from benchmarks.base import check_benchmark_options
 
-    from .config import build_options, method_options
+    from .config import method_options
     from .models import ARCHS
     from .wandb_log import wandb_mode
 
     load_all()
     cls = METHODS.get(cfg.method)
-    BENCHMARKS.get(cfg.benchmark)
+    check_benchmark_options(cfg)
     ARCHS.get(cfg.arch)
     wandb_mode(cfg)
-    if cfg.benchmark in BENCHMARK_OPTIONS:
-        try:
-            build_options("benchmark_options", cfg.benchmark_options, BENCHMARK_OPTIONS.get(cfg.benchmark))
-        except ConfigError as e:
-            raise ConfigError(f"{cfg.benchmark}: {e}") from None
     for name, opts in cfg.method_options.items():
         if name not in METHODS:
             raise ConfigError(f"method options given for unknown method {name!r} (--set {name}.KEY=...); "
                               f"methods: {', '.join(METHODS.names())}")
         if not isinstance(opts, dict):
             raise ConfigError(f"method_options.{name} must be a mapping of option: value")
+        options_cls = getattr(METHODS.get(name), "Options", None)
+        if options_cls is not None:  # every method's given options, not only this run's method's
+            method_options(cfg, name, options_cls)
+        elif opts:
+            raise ConfigError(f"method {name!r} takes no options (got {', '.join(f'{name}.{k}' for k in opts)})")
     if getattr(cls, "Options", None) is not None:
         method_options(cfg, cfg.method, cls.Options)
 

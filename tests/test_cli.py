@@ -25,7 +25,7 @@ def run_cli(args, capsys):
     (["--set", "pool_size=1"], "pool_size must be >= 2"),
     (["--set", "beta=-0.1"], "beta must be >= 0"),
     (["--set", "nonsense=3"], "unknown config key"),
-    (["--set", "nws.bogus=3"], "unknown option"),
+    (["--set", "nws.bogus=3"], "unknown nws option(s) nws.bogus; known: codec, include_head, init, search"),
     (["--set", "epochs=many"], "epochs"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, capsys, args, message):
