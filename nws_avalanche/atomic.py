@@ -4,7 +4,8 @@ The temp file gets the mode a plain ``open(path, "w")`` would give: the existing
 ``0o666`` less the process umask for a new file (``mkstemp`` alone would leave 0600, unreadable
 to collaborators on a shared machine). A write that fails for a reason the user fixes (no space,
 quota, read-only file system, permission) removes the temp file, leaves ``path`` as it was and
-raises ``OutputError`` naming the path and the cause.
+raises ``OutputError`` naming the path and the cause (also when a writer such as ``torch.save``
+wraps the OSError in its own error while the disk is full).
 """
 from __future__ import annotations
 
@@ -78,14 +79,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        # writers such as torch.save turn the OSError into their own error: judge by the disk itself,
+        # before the temp file's blocks are given back
+        full = isinstance(e, Exception) and not isinstance(e, OSError) and disk_full(path.parent)
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         if isinstance(e, OSError) and e.errno in USER_FIXABLE:
             raise output_error(path, e) from None
+        if full:
+            raise output_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
         raise
     return path
+
+
+def disk_full(folder, margin: int = 1 << 20) -> bool:
+    """Less than ``margin`` bytes left for unprivileged writes on ``folder``'s file system."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:

@@ -212,6 +212,74 @@ def test_disk_full_mid_run_keeps_everything_and_the_rerun_resumes(base, tmp_path
     assert without_timing(resumed) == without_timing(ref)
 
 
+def test_a_writer_that_wraps_enospc_is_still_named(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError: the disk itself is asked."""
+    import nws_avalanche.atomic as atomic
+    from nws_avalanche.errors import OutputError
+
+    target = tmp_path / "pretrained.pt"
+    target.write_bytes(b"old")
+
+    def wrapped(fh):
+        fh.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+
+    with pytest.raises(RuntimeError):  # a disk with room: a real bug, not hidden
+        atomic.atomic_write(target, wrapped)
+
+    class Full:
+        f_bavail, f_frsize = 0, 4096
+    monkeypatch.setattr(atomic.os, "statvfs", lambda folder: Full)
+    with pytest.raises(OutputError, match=f"cannot write {target}: no space left on device"):
+        atomic.atomic_write(target, wrapped)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["pretrained.pt"]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 1.2 MB file system (root with mount rights only): room for the cached network and one
+    task artifact, not for the checkpoint after it."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount rights)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_real_full_disk_then_rerun_after_freeing_space(base, small_tmpfs, capsys):
+    src, ref = base
+    out = small_tmpfs / "out"
+    shutil.copytree(src / "split-digits" / "_assist", out / "split-digits" / "_assist")
+    rc, text = run_cli(cli_args(out), capsys)
+    assert rc == 2 and "no space left on device" in text and "Traceback" not in text
+    rdir = out / "split-digits" / "finetune" / "seed0"
+    st = json.loads((rdir / "status.json").read_text())
+    assert st["state"] in ("failed", "running")  # failed, unless the disk had no room for that either
+    assert not [p for p in out.rglob(".*.tmp")]  # no half-written file left
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_tmpfs)], check=True)  # space freed
+    rc, text = run_cli(cli_args(out), capsys)
+    assert rc == 0, text
+    assert without_timing(json.loads((rdir / "results.json").read_text())) == without_timing(ref)
+
+
+def test_real_read_only_folder(base, tmp_path, capsys):
+    """A read-only file system, mounted for real where the tests may (chmod does not stop root)."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root and mount rights)")
+    try:
+        rc, text = run_cli(cli_args(mnt / "out"), capsys)
+        assert rc == 2 and f"cannot write to output folder {mnt / 'out'} ({mnt}): read-only file system" in text
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 # -- 12.4: non-finite loss or weights ----------------------------------------------------------------
 def _poison_after_task(k):
     def cb(t, acc, strategy):
