@@ -4,7 +4,12 @@ Resolution order (later wins): dataclass defaults < ``presets/<benchmark>.yaml``
 ``--config`` files or preset names < ``--set``. Method-specific options live under
 ``method_options`` (``--set packnet.prune_ratio=0.5`` is short for
 ``--set method_options.packnet.prune_ratio=0.5``) and are checked against the method's own
-``Options`` dataclass.
+``Options`` dataclass; ``benchmark_options`` against the benchmark's (``benchmarks.base``).
+
+Types are enforced strictly (``_coerce``): a number must be finite, a bool is true/false (or
+yes/no/on/off/1/0 as a string), an integer has no fraction; a wrong value is a ``ConfigError``
+naming the key. ``RunConfig.validate`` checks ranges, ``check_device`` the machine: all before any
+work, so a refused config writes nothing.
 """
 from __future__ import annotations
 

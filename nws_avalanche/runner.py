@@ -6,7 +6,9 @@ files); ``checkpoint.pt`` while the run is unfinished. Every accuracy is measure
 rebuilt from the files in ``artifacts/``; memory is their size on disk.
 
 A rerun skips a finished run and resumes an unfinished one at its next task (``checkpoint.py``);
-a folder holding another resolved config is refused unless ``overwrite``.
+a folder holding another resolved config is refused unless ``overwrite``. Before any work the
+config is checked (``check_names``, ``check_device``), ``out`` is probed for writing, and the run
+folder is locked (``runlock``): a second run into the same folder stops with exit code 2.
 """
 from __future__ import annotations
 

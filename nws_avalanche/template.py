@@ -13,6 +13,9 @@ is the task-incremental contract the runner relies on:
   keeps the model's state_dict, the optimiser's, Avalanche's clock and the attributes named in
   ``checkpoint_attrs`` (dotted paths, e.g. ``"plugin.tasks_seen"``); a method with other state
   overrides ``extra_state()`` / ``load_extra_state()``.
+
+Every strategy also gets ``FiniteGuard`` (a diverging task stops with the place it diverged,
+``nws_avalanche.guard``), the per-task LR schedule and the progress bar.
 """
 from __future__ import annotations
 
