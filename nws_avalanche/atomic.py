@@ -57,8 +57,9 @@ def _mode_for(path: Path) -> int:
 
 def output_error(path, e: OSError) -> OutputError:
     cause = USER_FIXABLE.get(e.errno, e.strerror or type(e).__name__)
-    return OutputError(f"cannot write {path}: {cause}; the file is unchanged and files already written are kept. "
-                       f"Free space or choose a writable --out, then rerun (it resumes at its next task)")
+    return OutputError(f"cannot write {path}: {cause}; that file is unchanged and every file written before is "
+                       f"kept. Free space (or fix the folder's permissions) and rerun the same command: it resumes "
+                       f"after the last finished task")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
