@@ -171,9 +171,10 @@ def _coerce(name: str, value: Any, default: Any, typ: Any) -> Any:
         return ConfigError(f"config key {name!r}: expects {expected}, got {value!r}")
 
     if value is None:
-        if optional or default is None:
+        if optional:
             return None
-        raise bad(f"a value ({t}); remove the key to use its default {default!r}")
+        raise ConfigError(f"config key {name!r}: expects a value ({t}), got nothing; remove the key to use "
+                          f"its default")
     if t == "bool":
         if isinstance(value, bool):
             return value
