@@ -88,6 +88,7 @@ BAD_SETTINGS = [
     ("finetune", "nesterov=maybe", r"'nesterov': expects true or false, got 'maybe'"),
     ("finetune", "epochs=2.5", r"'epochs': expects an integer"),
     ("finetune", "allow_nonfinite=sometimes", r"'allow_nonfinite': expects true or false"),
+    ("finetune", "milestones=", r"'milestones': expects a value \(list\[int\]\), got nothing"),
     ("packnet", "packnet.retrain_epochs=3.5", r"'packnet.retrain_epochs': expects an integer, got 3.5"),
     ("packnet", "packnet.prune_ratio=inf", r"'packnet.prune_ratio': expects a finite number"),
     ("nws", "nws.codec=foo", r"nws.codec must be one of .*rans16.* \(got 'foo'\)"),
