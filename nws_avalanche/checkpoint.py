@@ -7,6 +7,11 @@ the accuracy matrix so far, per-task summaries, train times, the files each task
 next task index. State_dicts rather than pickled strategies: Avalanche's own ``save_checkpoint``
 cannot pickle a strategy that holds a torch optimiser.
 
+The file holds tensors and plain values only (dicts, lists, tuples, str, numbers, bools, None;
+the RNG states as tensors), is checked for that when written, and is read with
+``torch.load(weights_only=True)``: a crafted or foreign ``checkpoint.pt`` in a copied run folder
+cannot run code, it is refused with a message (exit 2), like one missing a key.
+
 Exactness does not rely on restoring the RNG states: the runner reseeds every RNG from
 ``(seed, task)`` before each task (``task_seed``), so the remaining tasks see the same batches
 whether or not the process was restarted. The saved RNG states are restored anyway so that code
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import io
 import random
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +32,9 @@ from .atomic import atomic_write_bytes
 from .errors import ArtifactError
 
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: tensors and plain values only (format 1 pickled RNG tuples and numpy arrays)
+REQUIRED = {"format": int, "config": str, "progress": dict, "strategy": dict, "rng": dict}
+PROGRESS_KEYS = ("num_tasks", "next_task", "acc", "task_files", "summaries", "train_seconds")
 
 
 def task_seed(seed: int, task: int) -> int:
@@ -41,13 +49,40 @@ def seed_all(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The python, numpy and torch RNG states as tensors and plain numbers."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python_version": int(version), "python_words": torch.tensor(words, dtype=torch.int64),
+            "python_gauss": gauss, "numpy_kind": str(kind),
+            "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "numpy_pos": int(pos),
+            "numpy_has_gauss": int(has_gauss), "numpy_cached_gaussian": float(cached),
+            "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate((state["python_version"], tuple(int(w) for w in state["python_words"].tolist()),
+                     state["python_gauss"]))
+    np.random.set_state((state["numpy_kind"], state["numpy_keys"].numpy().astype(np.uint32),
+                         state["numpy_pos"], state["numpy_has_gauss"], state["numpy_cached_gaussian"]))
     torch.set_rng_state(state["torch"])
+
+
+def plain(obj, where: str = "checkpoint"):
+    """``obj`` with numpy scalars made Python numbers and dict subclasses (Counter, ...) plain
+    dicts; anything that is not a tensor or a plain value is a bug in the caller (TypeError),
+    caught when the checkpoint is written rather than when it is read."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        items = ((k if isinstance(k, (str, int)) else str(k), plain(v, f"{where}.{k}")) for k, v in obj.items())
+        return OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+    if isinstance(obj, (list, tuple)):
+        out = [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return tuple(out) if isinstance(obj, tuple) else out
+    raise TypeError(f"{where}: {type(obj).__name__} is neither a tensor nor a plain value; "
+                    f"checkpoints hold only those (they are read with weights_only=True)")
 
 
 @dataclass
@@ -75,7 +110,7 @@ def _scheduler_state(strategy) -> dict | None:
 
 def save_checkpoint(run_dir: Path, strategy, progress: Progress, config_yaml: str) -> Path:
     t = progress.next_task - 1
-    payload = {
+    payload = plain({
         "format": CHECKPOINT_FORMAT,
         "config": config_yaml,
         "progress": vars(progress),
@@ -83,10 +118,17 @@ def save_checkpoint(run_dir: Path, strategy, progress: Progress, config_yaml: st
         # the LR schedule restarts at every task; kept so the file describes the run fully
         "scheduler": _scheduler_state(strategy),
         "rng": rng_state(),
-    }
+    })
     buf = io.BytesIO()
     torch.save(payload, buf)
     return atomic_write_bytes(Path(run_dir) / CHECKPOINT_NAME, buf.getvalue())
+
+
+def _refuse(path: Path, why: str) -> ArtifactError:
+    return ArtifactError(
+        f"{path}: {why}. Nothing was loaded from it and the finished tasks' files are untouched; "
+        f"delete {path.name} to restart the run from its last finished task, or rerun with --overwrite "
+        f"to start the run again")
 
 
 def load_checkpoint(run_dir: Path) -> dict | None:
@@ -94,17 +136,29 @@ def load_checkpoint(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        # our own file, holding RNG tuples and numpy states next to tensors
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
-        raise ArtifactError(f"{path} cannot be read ({e}); delete it to restart this run from task 0") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ArtifactError(f"{path} is not a checkpoint of format {CHECKPOINT_FORMAT}; delete it to restart "
-                            f"this run from task 0")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unreadable, truncated or holding objects: same advice
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _refuse(path, f"not a checkpoint this version can read (it is truncated, from an older "
+                            f"version, or holds objects other than tensors and plain values: {first[:200]})") from None
+    if not isinstance(payload, dict):
+        raise _refuse(path, "not a checkpoint (no mapping at its top)")
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise _refuse(path, f"checkpoint format {payload.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
+    for key, kind in REQUIRED.items():
+        if not isinstance(payload.get(key), kind):
+            raise _refuse(path, f"the checkpoint lacks {key!r} (or it is not a {kind.__name__})")
+    missing = [k for k in PROGRESS_KEYS if k not in payload["progress"]]
+    missing += [f"strategy.{k}" for k in ("task", "model") if k not in payload["strategy"]]
+    if missing:
+        raise _refuse(path, f"the checkpoint lacks {', '.join(missing)}")
     return payload
 
 
-def restore(payload: dict, strategy) -> Progress:
-    strategy.restore_checkpoint_state(payload["strategy"])
-    set_rng_state(payload["rng"])
-    return Progress(**payload["progress"])
+def restore(payload: dict, strategy, path: Path | str = CHECKPOINT_NAME) -> Progress:
+    try:
+        strategy.restore_checkpoint_state(payload["strategy"])
+        set_rng_state(payload["rng"])
+        return Progress(**{k: payload["progress"][k] for k in PROGRESS_KEYS})
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise _refuse(Path(path), f"does not fit this run ({type(e).__name__}: {str(e)[:200]})") from None

@@ -179,7 +179,7 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
     scenario = to_avalanche(bench)
     T = len(bench.tasks)
     ckpt = load_checkpoint(rdir)
-    state = restore(ckpt, strategy) if ckpt else Progress(num_tasks=T)
+    state = restore(ckpt, strategy, rdir / CHECKPOINT_NAME) if ckpt else Progress(num_tasks=T)
     acc = state.acc
     for t, exp in enumerate(scenario.train_stream):
         if t < state.next_task:
