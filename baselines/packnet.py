@@ -223,6 +223,26 @@ class PackNet(TaskIncrementalStrategy):
         model.load_state_dict(state, strict=False)
         return model.eval()
 
+    def restore_from_files(self, t, directory):
+        # Weights owned by tasks <= t are never changed by later tasks (no gradient, no decay), and
+        # every weight a later task took was free, i.e. zero, after task t: the final backbone holds
+        # the state after task t exactly. BatchNorm and head: the next task restarts them.
+        header, blobs = read_container(Path(directory) / BACKBONE_FILE)
+        if header.get("kind") != "packnet-backbone":
+            raise ArtifactError(f"{directory}/{BACKBONE_FILE}: not a PackNet backbone (kind={header.get('kind')!r})")
+        K = header["tasks"] + 1
+        with torch.no_grad():
+            for layer in header["layers"]:
+                n, shape = int(np.prod(layer["shape"])), layer["shape"]
+                w = torch.from_numpy(np.frombuffer(blobs[f"w/{layer['name']}"], dtype="<f4").copy()).view(shape)
+                own = torch.from_numpy(BitPack.decode(blobs[f"own/{layer['name']}"], n, K).astype(np.uint8)).view(shape)
+                kept = (own > 0) & (own <= t + 1)
+                conv = self.model.get_submodule(layer["name"])
+                conv.owner.copy_(torch.where(kept, own, torch.zeros_like(own)))
+                conv.weight.copy_(torch.where(kept, w, torch.zeros_like(w)))
+                conv.view = t + 1
+        self.current, self.phase = t + 1, "train"
+
     def assist_files(self, directory):
         return [Path(directory) / BACKBONE_FILE]
 

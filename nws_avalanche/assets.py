@@ -4,7 +4,9 @@ The pretrained network is a torchvision-format state_dict given by ``pretrained`
 the benchmark's pretrain split when it has one (split-digits), or random (``pretrained: random``,
 for smoke tests). Pools come from ``pool_file`` (validated against the architecture) or are built
 by k-means from the pretrained network. Both are cached under ``<out>/<benchmark>/_assist/`` so
-every method and rerun of a benchmark starts from the same bytes.
+every method and rerun of a benchmark starts from the same bytes. Both cached files are checksummed
+containers (``pretrained-*.nwsw``, ``pools-*.nwsp``) verified on every load: a corrupted cache stops
+the run (exit 2) naming the file, never changes results silently.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .atomic import atomic_write
-from .errors import ConfigError
+from .container import pack_state, read_container, unpack_state, write_container
+from .errors import ArtifactError, ConfigError
 from .grouping import group_sizes_for
 from .models import build_arch
 from .pools import PoolSet, build_pools_kmeans
@@ -37,6 +39,10 @@ class Assets:
         m = build_arch(self.arch, self.pretrained_classes, self.in_channels)
         m.load_state_dict(self.pretrained_state)
         return m
+
+
+PRETRAINED_SUFFIX = "nwsw"  # a checksummed container (container.py), not a pickle
+PRETRAINED_FORMAT = 1
 
 
 def _key(d: dict) -> str:
@@ -96,6 +102,25 @@ def pretrain_network(cfg, bench) -> tuple[dict, int]:
     return model.state_dict(), bench.pretrain_classes
 
 
+def save_cached_pretrained(path: Path, state: dict[str, torch.Tensor], classes: int) -> Path:
+    metas, blobs = pack_state(state, prefix="state/")
+    return write_container(path, {"kind": "pretrained", "format": PRETRAINED_FORMAT, "classes": int(classes),
+                                  "state": metas}, blobs)
+
+
+def load_cached_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """The cached pretrained network, its checksum checked (a flipped byte is refused, not used)."""
+    fix = (f"delete {path} and rerun: the run rebuilds it (pretraining again, or from the random seed); "
+           f"runs that finished with the old file keep their results")
+    try:
+        header, blobs = read_container(path)
+    except ArtifactError as e:
+        raise ArtifactError(f"{str(e).split('; re-create it')[0]}; {fix}") from None
+    if header.get("kind") != "pretrained" or header.get("format") != PRETRAINED_FORMAT:
+        raise ArtifactError(f"{path}: not a cached pretrained network of format {PRETRAINED_FORMAT}; {fix}")
+    return unpack_state(header["state"], blobs, "state/"), int(header["classes"])
+
+
 def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool) -> Assets:
     cache_root = Path(cache_root)
     if cfg.pretrained and cfg.pretrained != "random":
@@ -104,10 +129,9 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool) -> Assets:
     else:
         pre_key = {"arch": cfg.arch, "seed": cfg.seed, "in": bench.in_channels,
                    "mode": cfg.pretrained or "pretrain", "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr}
-        path = cache_root / f"pretrained-{_key({**pre_key, 'bench': bench.name})}.pt"
+        path = cache_root / f"pretrained-{_key({**pre_key, 'bench': bench.name})}.{PRETRAINED_SUFFIX}"
         if path.is_file():
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            state, classes = blob["state"], int(blob["classes"])
+            state, classes = load_cached_pretrained(path)
         else:
             if cfg.pretrained == "random":
                 torch.manual_seed(cfg.seed)
@@ -120,7 +144,7 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool) -> Assets:
                     f"benchmark {bench.name!r} has no pretraining data: give a pretrained network "
                     f"(--set pretrained=FILE, a torchvision-format state_dict for {cfg.arch}), "
                     f"or --set pretrained=random for a smoke test")
-            atomic_write(path, lambda fh: torch.save({"state": state, "classes": classes}, fh))
+            save_cached_pretrained(path, state, classes)
     pools = pool_path = None
     if need_pools:
         model = build_arch(cfg.arch, classes, bench.in_channels)

@@ -94,10 +94,21 @@ class Progress:
     task_files: list = field(default_factory=list)  # per task: file names inside artifacts/
     summaries: list = field(default_factory=list)
     train_seconds: list = field(default_factory=list)
+    digests: dict = field(default_factory=dict)  # file name in artifacts/ -> sha256 (recovery.py)
 
     def __post_init__(self):
         if not self.acc:
             self.acc = [[None] * self.num_tasks for _ in range(self.num_tasks)]
+
+    def truncated(self, k: int) -> "Progress":
+        """The record of tasks ``0..k-1`` only (where a run resumes when task ``k``'s files are gone)."""
+        if k >= self.next_task:
+            return self
+        acc = [list(row) if t < k else [None] * self.num_tasks for t, row in enumerate(self.acc)]
+        kept = {n for files in self.task_files[:k] for n in files}
+        dropped = {n for files in self.task_files[k:] for n in files} - kept
+        return Progress(self.num_tasks, k, acc, self.task_files[:k], self.summaries[:k], self.train_seconds[:k],
+                        {n: d for n, d in self.digests.items() if n not in dropped})
 
 
 def _scheduler_state(strategy) -> dict | None:
@@ -159,6 +170,7 @@ def restore(payload: dict, strategy, path: Path | str = CHECKPOINT_NAME) -> Prog
     try:
         strategy.restore_checkpoint_state(payload["strategy"])
         set_rng_state(payload["rng"])
-        return Progress(**{k: payload["progress"][k] for k in PROGRESS_KEYS})
+        return Progress(**{k: payload["progress"][k] for k in PROGRESS_KEYS},
+                        digests=dict(payload["progress"].get("digests", {})))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise _refuse(Path(path), f"does not fit this run ({type(e).__name__}: {str(e)[:200]})") from None

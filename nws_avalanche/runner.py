@@ -1,14 +1,17 @@
 """Runs one (benchmark, method, seed[, sweep point]) and writes its folder.
 
 Folder: ``<out>/<benchmark>/<method>/[<key=value,...>/]seed<seed>/`` with ``config.yaml``
-(resolved), ``status.json``, ``results.json`` and ``artifacts/`` (one file per task + the assist
-files); ``checkpoint.pt`` while the run is unfinished. Every accuracy is measured on a model
-rebuilt from the files in ``artifacts/``; memory is their size on disk.
+(resolved), ``status.json``, ``progress.json`` (the record of finished tasks and the sha256 of
+every artifact), ``results.json`` and ``artifacts/`` (one file per task + the assist files);
+``checkpoint.pt`` while the run is unfinished. Every accuracy is measured on a model rebuilt from
+the files in ``artifacts/``; memory is their size on disk.
 
-A rerun skips a finished run and resumes an unfinished one at its next task (``checkpoint.py``);
-a folder holding another resolved config is refused unless ``overwrite``. Before any work the
-config is checked (``check_names``, ``check_device``), ``out`` is probed for writing, and the run
-folder is locked (``runlock``): a second run into the same folder stops with exit code 2.
+A rerun checks a finished run's artifacts against their digests and skips it, and resumes an
+unfinished one at its next task (``checkpoint.py``); files deleted as an error message advised are
+rebuilt from the last intact task (``recovery.py``). A folder holding another resolved config is
+refused unless ``overwrite``. Before any work the config is checked (``check_names``,
+``check_device``), ``out`` is probed for writing, and the run folder is locked (``runlock``): a
+second run into the same folder stops with exit code 2.
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ import yaml
 from benchmarks import build_benchmark, to_avalanche
 from .assets import prepare_assets
 from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
-from .checkpoint import CHECKPOINT_NAME, Progress, load_checkpoint, restore, save_checkpoint, seed_all, task_seed
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, seed_all, task_seed
 from .config import RunConfig, check_device
-from .errors import ConfigError
+from .errors import ArtifactError, ConfigError
 from .methods import METHODS, load_all
+from .recovery import PROGRESS_NAME, artifact_digests, needs_rebuild, resume_point, write_progress
 from .results import build_results, memory_mib
 from .runlock import run_folder_lock
 from .runstatus import error_tail, read_status, write_status
@@ -121,8 +125,9 @@ def with_resolved_options(cfg: RunConfig) -> RunConfig:
 
 
 def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: bool | None = None,
-               callbacks=(), sweep: dict | None = None) -> dict:
-    """Run (or resume, or skip when finished) one (benchmark, method, seed[, sweep point])."""
+               callbacks=(), sweep: dict | None = None, verify: bool = True) -> dict:
+    """Run (or resume, or skip when finished) one (benchmark, method, seed[, sweep point]).
+    ``verify``: check a finished run's artifacts against their recorded digests before skipping it."""
     cfg.validate()
     check_names(cfg)
     check_device(cfg.device)  # here, on the machine that runs it
@@ -130,15 +135,21 @@ def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: boo
     rdir = run_dir(out, cfg, sweep)
     check_writable(out)  # an unwritable or full --out stops before any work
     with run_folder_lock(rdir):  # a second run into the same folder stops here (exit 2)
-        return _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep)
+        return _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify)
 
 
-def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep) -> dict:
+def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify) -> dict:
     results_path = rdir / "results.json"
     if not overwrite:
         _check_folder(rdir, cfg)
         if results_path.is_file():
-            return json.loads(results_path.read_text())
+            done = json.loads(results_path.read_text())
+            if not verify or not needs_rebuild(results_path, done):
+                return done
+            if not (rdir / PROGRESS_NAME).is_file():
+                raise ArtifactError(f"{rdir}: files of this finished run are missing and it has no {PROGRESS_NAME} "
+                                    f"to rebuild them from; rerun with --overwrite to redo the run")
+            results_path.unlink()  # unfinished again until the deleted files are rebuilt (progress.json keeps the rest)
     # Data, pretrained network and pools are all checked before the run folder is touched,
     # so a bad input never costs an earlier run (not even with --overwrite).
     seed_everything(cfg.seed)
@@ -178,8 +189,7 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
     strategy = strategy_cls(cfg=cfg, assets=assets, task_classes=task_classes, progress=progress)
     scenario = to_avalanche(bench)
     T = len(bench.tasks)
-    ckpt = load_checkpoint(rdir)
-    state = restore(ckpt, strategy, rdir / CHECKPOINT_NAME) if ckpt else Progress(num_tasks=T)
+    state = resume_point(rdir, art, strategy, T, load_checkpoint(rdir), rdir / CHECKPOINT_NAME)
     acc = state.acc
     for t, exp in enumerate(scenario.train_stream):
         if t < state.next_task:
@@ -195,12 +205,15 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
             model = strategy.rebuild_task(j, art)
             acc[t][j] = evaluate(model, bench.tasks[j].test, cfg.eval_batch_size, cfg.device, cfg.num_workers)
         state.next_task = t + 1
+        state.digests = artifact_digests(art, state.task_files, strategy.assist_files(art))
         save_checkpoint(rdir, strategy, state, config_yaml)
+        write_progress(rdir, state)
         write_status(rdir, "running", t + 1, T)
         memory = memory_mib([[art / n for n in f] for f in state.task_files], strategy.assist_files(art))
         _notify(callbacks, t, acc, strategy, memory)
     memory = memory_mib([[art / n for n in f] for f in state.task_files], strategy.assist_files(art))
     results = build_results(cfg, bench.task_names, acc, memory, state.summaries, state.train_seconds)
+    results["artifact_sha256"] = artifact_digests(art, state.task_files, strategy.assist_files(art))
     if sweep:
         results["sweep"] = dict(sweep)
     return results

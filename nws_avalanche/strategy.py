@@ -16,6 +16,7 @@ from .methods import METHODS
 from .models import build_arch, get_head, set_head
 from .nwsify import make_nws_layer, nwsify
 from .plugin import INITS, NWSPlugin
+from .pools import PoolSet
 from .codecs import CODECS, DEFAULT_CODEC
 from .search import DEFAULT_SEARCH, SEARCHES
 from .template import TaskIncrementalStrategy, pretrained_with_head
@@ -72,9 +73,10 @@ class NWS(TaskIncrementalStrategy):
     def _head_name(self) -> str:
         return getattr(self.model, "head_attr", "fc")
 
-    def skeleton(self, num_classes: int) -> nn.Module:
+    def skeleton(self, num_classes: int, pools: PoolSet | None = None) -> nn.Module:
+        pools = pools or self.pools
         m = build_arch(self.cfg.arch, num_classes, self.assets.in_channels)
-        return nwsify(m, self.pools.tables, self.opts.include_head, group_sizes=self.pools.group_sizes,
+        return nwsify(m, pools.tables, self.opts.include_head, group_sizes=pools.group_sizes,
                       search_factory=self.search_factory, search_now=False)
 
     def export_task(self, t, directory):
@@ -84,8 +86,19 @@ class NWS(TaskIncrementalStrategy):
         return [path]
 
     def rebuild_task(self, t, directory):
-        return load_nws_task(self.task_file(directory, t, "nwst"), self.skeleton,
-                             self.pools.fingerprint, self.pools.digest)
+        # the pool file in artifacts/ (checksummed), not the cache the run trained with: what is stored is tested
+        pools = artifact_pools(Path(directory) / "pools.nwsp")
+        return load_nws_task(self.task_file(directory, t, "nwst"), lambda n: self.skeleton(n, pools),
+                             pools.fingerprint, pools.digest)
+
+    def restore_from_files(self, t, directory):
+        # Every later task starts from task t's indices (init=previous), or overwrites the kernels
+        # (pretrained/random); BatchNorm and the head come from its file, the searches restart.
+        if t > 0:
+            self.prepare_task(t, self.task_classes[t])
+        self.model.load_state_dict(self.rebuild_task(t, directory).state_dict())
+        self.plugin.tasks_seen = t + 1
+        self.last_indices = self._indices()  # what task t + 1's index changes are counted against
 
     def assist_files(self, directory):
         return [Path(directory) / "pools.nwsp"]
@@ -109,3 +122,17 @@ class NWS(TaskIncrementalStrategy):
         return {"selection_counts": counts,
                 "index_changes": {"against": "pretrained" if t == 0 else f"task {t - 1}", "layers": layers,
                                   "changed": changed, "share": changed / max(total, 1)}}
+
+
+_POOLS_READ: dict = {}
+
+
+def artifact_pools(path: Path) -> PoolSet:
+    """``PoolSet.load(path)``, read again only when the file changed (evaluation rebuilds many models)."""
+    st = Path(path).stat() if Path(path).is_file() else None
+    key = (str(path), st and (st.st_mtime_ns, st.st_size, st.st_ino))
+    if st is None or key not in _POOLS_READ:
+        pools = PoolSet.load(path)  # raises naming the file when missing or corrupted
+        _POOLS_READ.clear()
+        _POOLS_READ[key] = pools
+    return _POOLS_READ[key]

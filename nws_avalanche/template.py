@@ -12,7 +12,10 @@ is the task-incremental contract the runner relies on:
   task ``t`` so an interrupted run resumes exactly (see ``nws_avalanche.checkpoint``). The default
   keeps the model's state_dict, the optimiser's, Avalanche's clock and the attributes named in
   ``checkpoint_attrs`` (dotted paths, e.g. ``"plugin.tasks_seen"``); a method with other state
-  overrides ``extra_state()`` / ``load_extra_state()``.
+  overrides ``extra_state()`` / ``load_extra_state()``. The state holds tensors and plain Python
+  values only (the checkpoint is read with ``weights_only=True``);
+- ``restore_from_files(t, dir)`` puts the strategy in its state after task ``t`` from the task
+  files alone, so a run whose later files (or checkpoint) were deleted retrains from there.
 
 Every strategy also gets ``FiniteGuard`` (a diverging task stops with the place it diverged,
 ``nws_avalanche.guard``), the per-task LR schedule and the progress bar.
@@ -123,6 +126,11 @@ class TaskIncrementalStrategy(SupervisedTemplate):
         for k, v in state.get("clock", {}).items():
             setattr(self.clock, k, v)
         self.load_extra_state(state.get("extra", {}))
+
+    def restore_from_files(self, t: int, directory: Path) -> None:
+        """The state after task ``t`` from the files in ``directory`` (``recovery.resume_point``).
+        Nothing by default: right for methods whose ``prepare_task`` starts every task afresh from
+        the pretrained network (Finetune, KSM, AQD); methods carrying state across tasks override it."""
 
     def extra_state(self) -> dict:
         return {path: copy.deepcopy(_get_path(self, path)) for path in self.checkpoint_attrs}

@@ -88,6 +88,16 @@ def test_interrupted_then_resumed_equals_uninterrupted(assist, tmp_path, method,
     assert json.loads((rdir / "results.json").read_text())["accuracy_matrix"] == expected["accuracy_matrix"]
     assert read_status(rdir)["state"] == "finished" and not (rdir / "checkpoint.pt").exists()
 
+    # recovery: the last task's file of the finished run deleted (as the corruption message advises)
+    # -> the rerun retrains that task alone, from task 0's files, and ends exactly as the full run
+    last = rdir / "artifacts" / resumed["memory_mib"]["files"]["per_task"][1][0]
+    last.unlink()
+    seen.clear()
+    rebuilt = run_single(cfg, out, progress=False, callbacks=[lambda t, acc, s: seen.append(t)])
+    assert seen == [1]
+    assert without_timing(rebuilt) == without_timing(expected)
+    assert files(rdir) == files(run_dir(full, cfg))
+
 
 def test_finished_run_is_skipped(assist, tmp_path):
     from nws_avalanche.runner import run_single
