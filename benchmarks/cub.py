@@ -128,9 +128,11 @@ def index_dataset(root: Path, name: str, opts: dict) -> tuple[SplitIndex, SplitI
     check_same_classes(listing["train"], listing["test"], dirs["train"], dirs["test"])
     classes = sorted(listing["train"])
     idx = {s: SplitIndex.build(dirs[s], listing[s], classes) for s in dirs}
-    mode = str(opts.get("verify", "header"))
+    mode, skip = str(opts.get("verify", "header")), bool(opts.get("skip_unreadable", False))
+    if skip and mode == "header":  # a truncated JPEG passes the header check: skipping needs a full decode
+        mode = "full"
     bad = find_unreadable(idx["train"].paths + idx["test"].paths, mode)
-    drop = handle_unreadable(bad, bool(opts.get("skip_unreadable", False)), f"cub-to-sketches {base}")
+    drop = handle_unreadable(bad, skip, f"cub-to-sketches {base}")
     idx = {s: i.without(drop) for s, i in idx.items()}
     for s, i in idx.items():  # skipping may empty a class
         empty = [c for c, n in zip(classes, i.counts()) if n == 0]
@@ -161,14 +163,15 @@ def cub_to_sketches(cfg) -> BenchmarkData:
     cutout = int(opts.get("cutout", round(16 * size / 224)))
     cropped = set(opts.get("cropped", [n for n in names if n.endswith("_cropped")]))
     use_draft = bool(opts.get("jpeg_draft", True))
+    skip = bool(opts.get("skip_unreadable", False))
     tasks, skipped = [], {}
     for name in names:
         train_idx, test_idx = index_dataset(root, name, opts)
         train_tf, test_tf, draft = make_transforms(name in cropped, size, cutout)
         draft = draft if use_draft else None
         tasks.append(Task(name, train_idx.classes,
-                          ImageFiles(train_idx.paths, train_idx.targets, train_tf, draft),
-                          ImageFiles(test_idx.paths, test_idx.targets, test_tf, draft)))
+                          ImageFiles(train_idx.paths, train_idx.targets, train_tf, draft, skip),
+                          ImageFiles(test_idx.paths, test_idx.targets, test_tf, draft, skip)))
         skipped[name] = len(train_idx.skipped) + len(test_idx.skipped)
     return BenchmarkData("cub-to-sketches", tasks, in_channels=3, image_size=size, pretrain=None,
                          info={"datasets": names, "skipped_unreadable": skipped, "verify": opts.get("verify", "header")})

@@ -162,13 +162,20 @@ class SplitIndex:
 
 
 class ImageFiles(Dataset):
-    """``(transform(rgb_image), target)`` for a list of image files."""
+    """``(transform(rgb_image), target)`` for a list of image files.
 
-    def __init__(self, paths: list[str], targets: list[int], transform: Callable, draft: int | None = None):
+    ``skip_unreadable``: a file that fails to decode here (in a DataLoader worker: it changed
+    after the up-front check, or ``verify: none``) is replaced by the next readable file of the
+    list, with a warning naming it, rather than stopping the run; the choice depends only on the
+    files, so every epoch and every rerun see the same images. The up-front check, which drops
+    such files from the list entirely, is the normal path (``verify: full`` when skipping)."""
+
+    def __init__(self, paths: list[str], targets: list[int], transform: Callable, draft: int | None = None,
+                 skip_unreadable: bool = False):
         # one contiguous byte array: forked workers share it without refcount copy-on-write
         self._paths = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
         self.targets = np.asarray(targets, dtype=np.int64)
-        self.transform, self.draft = transform, draft
+        self.transform, self.draft, self.skip_unreadable = transform, draft, skip_unreadable
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -177,4 +184,13 @@ class ImageFiles(Dataset):
         return os.fsdecode(self._paths[i])
 
     def __getitem__(self, i: int):
-        return self.transform(open_rgb(self.path(i), self.draft)), int(self.targets[i])
+        if not self.skip_unreadable:
+            return self.transform(open_rgb(self.path(i), self.draft)), int(self.targets[i])
+        for j in range(i, i + len(self)):
+            try:
+                img = open_rgb(self.path(j % len(self)), self.draft)
+            except DataError as e:
+                print(f"skipping unreadable image (benchmark_options.skip_unreadable=true): {e}", file=sys.stderr)
+                continue
+            return self.transform(img), int(self.targets[j % len(self)])
+        raise DataError(f"no readable image among the {len(self)} files of this split (first: {self.path(0)})")

@@ -181,6 +181,21 @@ def test_unreadable_images_error_or_opt_in_skip(root, tmp_path, capsys):
     assert cli(["data", "check", "--benchmark", "cub-to-sketches", "--data-root", str(r), "--set",
                 "benchmark_options.datasets=[flowers]", "--set", "benchmark_options.skip_unreadable=true"]) == 0
     assert "skipped" in capsys.readouterr().out
+    # skip_unreadable covers it: found up front (skipping decodes every file) and dropped from the split
+    capsys.readouterr()
+    b = bench(r, datasets=["flowers"], skip_unreadable=True)
+    test = b.tasks[0].test
+    assert b.info["skipped_unreadable"] == {"flowers": 1} and len(test) == len(ds) - 1
+    assert not any(test.path(k).endswith("truncated.jpg") for k in range(len(test)))
+    assert "truncated.jpg" in capsys.readouterr().err
+    # ... and in a DataLoader worker (verify: none lets it through): the next readable image instead
+    ds = bench(r, datasets=["flowers"], skip_unreadable=True, verify="none").tasks[0].test
+    i = next(i for i in range(len(ds)) if ds.path(i).endswith("truncated.jpg"))
+    j = (i + 1) % len(ds)
+    x, y = next(iter(torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [i]), num_workers=1)))
+    assert torch.equal(x[0], ds[j][0]) and int(y) == ds[j][1]
+    ds[i]
+    assert "truncated.jpg" in capsys.readouterr().err
 
 
 def test_data_check_prints_counts(root, capsys):
