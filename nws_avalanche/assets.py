@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .container import pack_state, read_container, unpack_state, write_container
+from .atomic import atomic_write_text
+from .container import file_sha256, pack_state, read_container, unpack_state, write_container
 from .errors import ArtifactError, ConfigError
 from .grouping import group_sizes_for
 from .models import build_arch
@@ -49,11 +50,27 @@ def _key(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def write_sha256_sidecar(path: Path) -> Path:
+    """``<file>.sha256`` beside a shared torchvision-format file (which has no room for a checksum)."""
+    path = Path(path)
+    return atomic_write_text(path.with_name(path.name + ".sha256"), f"{file_sha256(path)}  {path.name}\n")
+
+
+def check_sha256_sidecar(path: Path) -> None:
+    """If ``<file>.sha256`` exists (``pretrain-pools`` writes one), the file must match it."""
+    side = Path(path).with_name(Path(path).name + ".sha256")
+    if side.is_file() and side.read_text().split()[:1] != [file_sha256(Path(path))]:
+        raise ArtifactError(f"{path}: its sha256 differs from {side} (corrupted or replaced); rebuild it with "
+                            f"the command that wrote it (nws-bench pretrain-pools), or delete {side.name} if "
+                            f"the file was replaced on purpose")
+
+
 def load_torchvision_state(path: str, model: nn.Module) -> tuple[dict, int]:
     """Load a state_dict (torchvision naming) into ``model``'s architecture; returns (state, classes)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"pretrained checkpoint {p} not found; give a torchvision-format state_dict file")
+    check_sha256_sidecar(p)
     state = torch.load(p, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -125,7 +142,8 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool) -> Assets:
     cache_root = Path(cache_root)
     if cfg.pretrained and cfg.pretrained != "random":
         state, classes = load_torchvision_state(cfg.pretrained, build_arch(cfg.arch, 1, bench.in_channels))
-        pre_key = {"file": str(Path(cfg.pretrained).resolve()), "size": Path(cfg.pretrained).stat().st_size}
+        # keyed on the content: a changed file never reuses pools built from the old one
+        pre_key = {"file": str(Path(cfg.pretrained).resolve()), "sha256": file_sha256(Path(cfg.pretrained))}
     else:
         pre_key = {"arch": cfg.arch, "seed": cfg.seed, "in": bench.in_channels,
                    "mode": cfg.pretrained or "pretrain", "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr}

@@ -58,6 +58,15 @@ def unpack_container(data: bytes, source: str = "<bytes>") -> tuple[dict[str, An
     return header, blobs
 
 
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes (hex), read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_container(path) -> tuple[dict[str, Any], dict[str, bytes]]:
     path = Path(path)
     if not path.is_file():

@@ -48,6 +48,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision import datasets
 
 from .assets import load_torchvision_state
+from .assets import write_sha256_sidecar
 from .atomic import atomic_write, atomic_write_json
 from .errors import ConfigError, DataError, NWSError
 from .grouping import group_sizes_for
@@ -405,6 +406,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         arch_pools.save(out / "pools.nwsp")
         state = quantised_state(model, cfg.arch, num_classes)
         atomic_write(out / "pretrained.pt", lambda fh: torch.save(state, fh))
+        write_sha256_sidecar(out / "pretrained.pt")  # checked by every run given it as pretrained=FILE
         atomic_write_json(out / "history.json", {"config": asdict(cfg),
                                                  "classes": list(data.classes), "history": history})
     if d.world > 1:

@@ -14,24 +14,16 @@ saying what to delete. The finished tasks' records and files are never rewritten
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from .atomic import atomic_write_json
 from .checkpoint import PROGRESS_KEYS, Progress, restore
+from .container import file_sha256
 from .errors import ArtifactError
 
 PROGRESS_NAME = "progress.json"
 POOLS_FILE = "pools.nwsp"  # copied from the benchmark's _assist cache when missing
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def artifact_digests(art: Path, task_files: list[list[str]], assist: list[Path]) -> dict[str, str]:

@@ -180,3 +180,21 @@ def test_evaluation_reads_the_pool_file_in_artifacts(finished, tmp_path):
     other.save(art / "pools.nwsp")  # a valid pool file, but not the one the tasks were stored against
     with pytest.raises(ArtifactError, match="other pools"):
         nws.rebuild_task(1, art)
+
+
+def test_shared_pretrained_file_is_checked_against_its_sidecar(tmp_path):
+    """``pretrain-pools`` writes ``pretrained.pt.sha256`` beside its torchvision-format output."""
+    from nws_avalanche.assets import load_torchvision_state, write_sha256_sidecar
+    from nws_avalanche.errors import ArtifactError
+    from nws_avalanche.models import build_arch
+
+    path = tmp_path / "pretrained.pt"
+    torch.save(build_arch("resnet-tiny", 3, in_channels=1).state_dict(), path)
+    write_sha256_sidecar(path)
+    state, classes = load_torchvision_state(str(path), build_arch("resnet-tiny", 1, in_channels=1))
+    assert classes == 3
+    data = bytearray(path.read_bytes())
+    data[-200] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"pretrained\.pt: its sha256 differs from .*pretrained\.pt\.sha256"):
+        load_torchvision_state(str(path), build_arch("resnet-tiny", 1, in_channels=1))
