@@ -32,6 +32,7 @@ from .atomic import atomic_write_bytes
 from .errors import ArtifactError
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PROGRESS_NAME = "progress.json"  # the record of finished tasks, written beside it (recovery.py)
 CHECKPOINT_FORMAT = 2  # 2: tensors and plain values only (format 1 pickled RNG tuples and numpy arrays)
 REQUIRED = {"format": int, "config": str, "progress": dict, "strategy": dict, "rng": dict}
 PROGRESS_KEYS = ("num_tasks", "next_task", "acc", "task_files", "summaries", "train_seconds")
@@ -136,9 +137,12 @@ def save_checkpoint(run_dir: Path, strategy, progress: Progress, config_yaml: st
 
 
 def _refuse(path: Path, why: str) -> ArtifactError:
+    # without progress.json (runs of older versions) the files alone do not say how far the run got
+    where = ("its last finished task" if (path.parent / PROGRESS_NAME).is_file()
+             else f"task 0 (there is no {PROGRESS_NAME} recording its finished tasks)")
     return ArtifactError(
         f"{path}: {why}. Nothing was loaded from it and the finished tasks' files are untouched; "
-        f"delete {path.name} to restart the run from its last finished task, or rerun with --overwrite "
+        f"delete {path.name} to restart the run from {where}, or rerun with --overwrite "
         f"to start the run again")
 
 

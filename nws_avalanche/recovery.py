@@ -18,11 +18,10 @@ import json
 from pathlib import Path
 
 from .atomic import atomic_write_json
-from .checkpoint import PROGRESS_KEYS, Progress, restore
+from .checkpoint import PROGRESS_KEYS, PROGRESS_NAME, Progress, restore
 from .container import file_sha256
 from .errors import ArtifactError
 
-PROGRESS_NAME = "progress.json"
 POOLS_FILE = "pools.nwsp"  # copied from the benchmark's _assist cache when missing
 
 

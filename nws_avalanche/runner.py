@@ -183,7 +183,7 @@ def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify) -
 
 def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks, sweep) -> dict:
     if assets.pools is not None and not (art / "pools.nwsp").is_file():
-        atomic_write_bytes(art / "pools.nwsp", Path(assets.pool_path).read_bytes())  # never half a copy
+        atomic_write_bytes(art / "pools.nwsp", Path(assets.pool_path).read_bytes())  # never half a copy; evaluation reads this copy
     seed_everything(cfg.seed)
     task_classes = [t.num_classes for t in bench.tasks]
     strategy = strategy_cls(cfg=cfg, assets=assets, task_classes=task_classes, progress=progress)
