@@ -226,7 +226,9 @@ class PackNet(TaskIncrementalStrategy):
     def restore_from_files(self, t, directory):
         # Weights owned by tasks <= t are never changed by later tasks (no gradient, no decay), and
         # every weight a later task took was free, i.e. zero, after task t: the final backbone holds
-        # the state after task t exactly. BatchNorm and head: the next task restarts them.
+        # the state after task t exactly. The next task restarts BatchNorm and carries the head over:
+        # task t's head (and BatchNorm) come from its own file.
+        set_head(self.model, get_head(self.rebuild_task(t, directory)).to(self.device))
         header, blobs = read_container(Path(directory) / BACKBONE_FILE)
         if header.get("kind") != "packnet-backbone":
             raise ArtifactError(f"{directory}/{BACKBONE_FILE}: not a PackNet backbone (kind={header.get('kind')!r})")
