@@ -198,3 +198,22 @@ def test_shared_pretrained_file_is_checked_against_its_sidecar(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=r"pretrained\.pt: its sha256 differs from .*pretrained\.pt\.sha256"):
         load_torchvision_state(str(path), build_arch("resnet-tiny", 1, in_channels=1))
+
+
+def test_middle_task_deleted_retrains_from_there(finished, tmp_path):
+    """5 tasks, PackNet (state carried across tasks in the shared backbone): task 2's file deleted
+    from the finished run -> tasks 2..4 retrained from task 1's state, same results and bytes."""
+    from nws_avalanche.runner import run_dir, run_single
+
+    out = tmp_path / "out"
+    shutil.copytree(finished[0] / "full" / "split-digits" / "_assist", out / "split-digits" / "_assist")
+    cfg = cfg_for("packnet", "benchmark_options.tasks=5")
+    full = run_single(cfg, out, progress=False)
+    rdir = run_dir(out, cfg)
+    before = snapshot(rdir / "artifacts")
+    (rdir / "artifacts" / "task002.packnet").unlink()
+    seen = []
+    again = run_single(cfg, out, progress=False, callbacks=[lambda t, acc, s: seen.append(t)])
+    assert seen == [2, 3, 4]
+    assert again["accuracy_matrix"] == full["accuracy_matrix"] and again["per_task"] == full["per_task"]
+    assert snapshot(rdir / "artifacts") == before
