@@ -20,7 +20,9 @@ drawing random numbers outside a task (evaluation, callbacks) continues the same
 from __future__ import annotations
 
 import io
+import pickle
 import random
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,10 +154,14 @@ def load_checkpoint(run_dir: Path) -> dict | None:
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unreadable, truncated or holding objects: same advice
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _refuse(path, f"not a checkpoint this version can read (it is truncated, from an older "
-                            f"version, or holds objects other than tensors and plain values: {first[:200]})") from None
+    except Exception as e:  # noqa: BLE001 - refused, truncated or not a torch file: same advice
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and found:  # weights_only refused an object: never retried
+            raise _refuse(path, f"it holds objects other than tensors and plain values ({found.group(1)}): "
+                                f"written by an older version or not by this program; refused unread, since "
+                                f"loading it could run code") from None
+        first = str(e).strip().split(".")[0][:160]
+        raise _refuse(path, f"not a readable checkpoint (truncated or not a torch file: {type(e).__name__}: {first})") from None
     if not isinstance(payload, dict):
         raise _refuse(path, "not a checkpoint (no mapping at its top)")
     if payload.get("format") != CHECKPOINT_FORMAT:
