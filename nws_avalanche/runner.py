@@ -143,7 +143,7 @@ def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify) -
     if not overwrite:
         _check_folder(rdir, cfg)
         if results_path.is_file():
-            done = json.loads(results_path.read_text())
+            done = _read_results(results_path)
             if not verify or not needs_rebuild(results_path, done):
                 return done
             if not (rdir / PROGRESS_NAME).is_file():
@@ -179,6 +179,15 @@ def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify) -
     write_status(rdir, "finished", T, T)
     (rdir / CHECKPOINT_NAME).unlink(missing_ok=True)  # results.json and artifacts/ now hold everything
     return results
+
+
+def _read_results(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        fix = (f"delete it and rerun the same command: it is rebuilt from {PROGRESS_NAME}"
+               if (path.parent / PROGRESS_NAME).is_file() else "rerun with --overwrite to redo the run")
+        raise ArtifactError(f"{path} is unreadable (truncated or corrupted); {fix}") from None
 
 
 def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks, sweep) -> dict:

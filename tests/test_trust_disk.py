@@ -217,3 +217,20 @@ def test_middle_task_deleted_retrains_from_there(finished, tmp_path):
     assert seen == [2, 3, 4]
     assert again["accuracy_matrix"] == full["accuracy_matrix"] and again["per_task"] == full["per_task"]
     assert snapshot(rdir / "artifacts") == before
+
+
+def test_unreadable_results_json_is_rebuilt_as_advised(finished, tmp_path, capsys):
+    from nws_avalanche.runner import run_dir
+
+    out = copy_out(finished[0] / "full", tmp_path)
+    rdir = run_dir(out, cfg_for("nws"))
+    text = (rdir / "results.json").read_text()
+    (rdir / "results.json").write_text(text[: len(text) // 2])
+    code, err = cli_run(out, "nws", capsys)
+    assert code == 2 and str(rdir / "results.json") in err and "delete it and rerun" in err
+    (rdir / "results.json").unlink()
+    code, _ = cli_run(out, "nws", capsys)
+    assert code == 0
+    r = json.loads((rdir / "results.json").read_text())
+    assert {k: v for k, v in r.items() if k != "train_seconds"} == \
+        {k: v for k, v in finished[1].items() if k != "train_seconds"}
