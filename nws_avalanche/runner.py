@@ -214,7 +214,8 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
             model = strategy.rebuild_task(j, art)
             acc[t][j] = evaluate(model, bench.tasks[j].test, cfg.eval_batch_size, cfg.device, cfg.num_workers)
         state.next_task = t + 1
-        state.digests = artifact_digests(art, state.task_files, strategy.assist_files(art))
+        # earlier tasks' digests stay as recorded when they were written (never re-read from disk)
+        state.digests.update(artifact_digests(art, state.task_files[-1:], strategy.assist_files(art)))
         save_checkpoint(rdir, strategy, state, config_yaml)
         write_progress(rdir, state)
         write_status(rdir, "running", t + 1, T)
@@ -222,7 +223,7 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
         _notify(callbacks, t, acc, strategy, memory)
     memory = memory_mib([[art / n for n in f] for f in state.task_files], strategy.assist_files(art))
     results = build_results(cfg, bench.task_names, acc, memory, state.summaries, state.train_seconds)
-    results["artifact_sha256"] = artifact_digests(art, state.task_files, strategy.assist_files(art))
+    results["artifact_sha256"] = dict(state.digests)
     if sweep:
         results["sweep"] = dict(sweep)
     return results
