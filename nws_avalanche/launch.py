@@ -70,8 +70,9 @@ except ImportError:  # submitit is only needed by the local and slurm launchers
 class RunJob(_Checkpointable):
     """The callable each job runs; on preemption/timeout submitit requeues it and it resumes."""
 
-    def __init__(self, spec, out: str, overwrite: bool = False, progress: bool | None = False):
+    def __init__(self, spec, out: str, overwrite: bool = False, progress: bool | None = False, verify: bool = True):
         self.spec, self.out, self.overwrite, self.progress = spec, str(out), overwrite, progress
+        self.verify = verify  # check a finished run's artifacts before skipping it
 
     def __call__(self) -> dict:
         from .runner import run_single
@@ -80,7 +81,7 @@ class RunJob(_Checkpointable):
         spec = self.spec
         cbs = wandb_callbacks(spec.cfg, spec.run_dir(self.out), spec.sweep)
         result = run_single(spec.cfg, Path(self.out), overwrite=self.overwrite, progress=self.progress,
-                            callbacks=cbs, sweep=spec.sweep)
+                            callbacks=cbs, sweep=spec.sweep, verify=getattr(self, "verify", True))
         for cb in cbs:
             cb.finish(result)
         per_task = result["memory_mib"]["per_task"]
@@ -91,7 +92,7 @@ class RunJob(_Checkpointable):
         from submitit.helpers import DelayedSubmission
 
         # the requeued job must resume, never delete what this one wrote
-        return DelayedSubmission(RunJob(self.spec, self.out, overwrite=False))
+        return DelayedSubmission(RunJob(self.spec, self.out, overwrite=False, verify=getattr(self, "verify", True)))
 
 
 @dataclass
@@ -103,12 +104,12 @@ class Outcome:
 
 
 @LAUNCHERS.register("inline")
-def launch_inline(specs, out: Path, overwrite: bool, opts: SlurmOptions) -> list[Outcome]:
+def launch_inline(specs, out: Path, overwrite: bool, opts: SlurmOptions, verify: bool = True) -> list[Outcome]:
     """In this process, one run after the other; an error stops the grid (the CLI reports it)."""
     outcomes = []
     for spec in specs:
         print(f"== {spec.name}", flush=True)
-        summary = RunJob(spec, out, overwrite, progress=None)()  # progress bars on a terminal
+        summary = RunJob(spec, out, overwrite, progress=None, verify=verify)()  # progress bars on a terminal
         print(f"   average accuracy {summary['average_accuracy']:.2f} %, memory total {summary['total_mib']:.3f} MiB",
               flush=True)
         outcomes.append(Outcome(spec.name, True, summary))
@@ -141,7 +142,8 @@ def _collect(specs, jobs) -> list[Outcome]:
 
 
 @LAUNCHERS.register("local")
-def launch_local(specs, out: Path, overwrite: bool, opts: SlurmOptions, wait: bool = True) -> list[Outcome]:
+def launch_local(specs, out: Path, overwrite: bool, opts: SlurmOptions, wait: bool = True,
+                 verify: bool = True) -> list[Outcome]:
     """One subprocess per run (submitit LocalExecutor), at most ``array_parallelism`` at a time."""
     ex = _executor("local", out)
     ex.update_parameters(timeout_min=opts.time_min, gpus_per_node=opts.gpus_per_node)
@@ -155,7 +157,7 @@ def launch_local(specs, out: Path, overwrite: bool, opts: SlurmOptions, wait: bo
         running = sum(not j.done() for j in jobs)
         while pending and running < opts.array_parallelism:
             spec = pending.pop(0)
-            jobs.append(ex.submit(RunJob(spec, out, overwrite)))
+            jobs.append(ex.submit(RunJob(spec, out, overwrite, verify=verify)))
             print(f"== {spec.name}: local job {jobs[-1].job_id}", flush=True)
             running += 1
         time.sleep(0.5)
@@ -194,11 +196,12 @@ def sbatch_script(specs, out: Path, opts: SlurmOptions) -> str:
 
 
 @LAUNCHERS.register("slurm")
-def launch_slurm(specs, out: Path, overwrite: bool, opts: SlurmOptions, wait: bool = False) -> list[Outcome]:
+def launch_slurm(specs, out: Path, overwrite: bool, opts: SlurmOptions, wait: bool = False,
+                 verify: bool = True) -> list[Outcome]:
     """One job array, one array task per run; returns at once (follow with ``nws-bench status``)."""
     ex = slurm_executor(out, opts)
     with ex.batch():
-        jobs = [ex.submit(RunJob(spec, out, overwrite)) for spec in specs]
+        jobs = [ex.submit(RunJob(spec, out, overwrite, verify=verify)) for spec in specs]
     for spec, job in zip(specs, jobs):
         print(f"== {spec.name}: slurm job {job.job_id}", flush=True)
     if wait:
@@ -206,7 +209,7 @@ def launch_slurm(specs, out: Path, overwrite: bool, opts: SlurmOptions, wait: bo
     return [Outcome(spec.name, True, {"job_id": job.job_id}) for spec, job in zip(specs, jobs)]
 
 
-def launch(name: str, specs, out: Path, overwrite: bool = False) -> list[Outcome]:
+def launch(name: str, specs, out: Path, overwrite: bool = False, verify: bool = True) -> list[Outcome]:
     fn = LAUNCHERS.get(name)
     opts = SlurmOptions.from_config(specs[0].cfg.slurm if specs else {})
     if name != "inline" and "submitit" not in sys.modules:
@@ -214,4 +217,4 @@ def launch(name: str, specs, out: Path, overwrite: bool = False) -> list[Outcome
             import submitit  # noqa: F401
         except ImportError:
             raise ConfigError(f"--launcher {name} needs submitit: pip install submitit") from None
-    return fn(specs, Path(out), overwrite, opts)
+    return fn(specs, Path(out), overwrite, opts, verify=verify)

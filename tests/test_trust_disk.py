@@ -24,10 +24,10 @@ def cfg_for(method, *sets):
     return build_config([], [*TINY, *sets], method=method)
 
 
-def cli_run(out, method, capsys):
+def cli_run(out, method, capsys, *extra):
     from nws_avalanche.cli import main
 
-    args = ["run", "--methods", method, "--out", str(out), "--no-report"]
+    args = ["run", "--methods", method, "--out", str(out), "--no-report", *extra]
     for item in TINY:
         args += ["--set", item]
     code = main(args)
@@ -147,6 +147,8 @@ def test_damaged_artifact_of_a_finished_run(finished, tmp_path, capsys, name, da
     assert code == 2 and str(path) in err
     assert snapshot(rdir) == before
     assert main(["report", str(out), "--out", str(tmp_path / "rep"), "--no-verify"]) == 0
+    assert cli_run(out, "nws", capsys, "--no-verify")[0] == 0  # skipped unchecked, as asked
+    assert snapshot(rdir) == before
     # the advice works: delete it and rerun -> the same results and files as before the damage
     path.unlink()
     code, _ = cli_run(out, "nws", capsys)

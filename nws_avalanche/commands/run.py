@@ -30,6 +30,8 @@ def add_arguments(p):
     p.add_argument("--dry-run", action="store_true", help="list the runs (and the sbatch file for slurm), run nothing")
     p.add_argument("--overwrite", action="store_true", help="delete and redo runs whose folder holds another config")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip finished runs without checking their artifacts against their sha256 digests")
 
 
 def main(args):
@@ -59,7 +61,7 @@ def main(args):
             print(sbatch_script(specs, out, SlurmOptions.from_config(specs[0].cfg.slurm)))
         return 0
     check_writable(out)  # an unwritable or full --out stops before any job starts
-    outcomes = launch(args.launcher, specs, out, overwrite=args.overwrite)
+    outcomes = launch(args.launcher, specs, out, overwrite=args.overwrite, verify=not args.no_verify)
     failed = [o for o in outcomes if not o.ok]
     for o in failed:
         print(f"FAILED {o.name}:\n{o.error}")
