@@ -149,7 +149,6 @@ def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify) -
             if not (rdir / PROGRESS_NAME).is_file():
                 raise ArtifactError(f"{rdir}: files of this finished run are missing and it has no {PROGRESS_NAME} "
                                     f"to rebuild them from; rerun with --overwrite to redo the run")
-            results_path.unlink()  # unfinished again until the deleted files are rebuilt (progress.json keeps the rest)
     # Data, pretrained network and pools are all checked before the run folder is touched,
     # so a bad input never costs an earlier run (not even with --overwrite).
     seed_everything(cfg.seed)
@@ -162,6 +161,8 @@ def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify) -
         shutil.rmtree(rdir)
     art = rdir / "artifacts"
     art.mkdir(parents=True, exist_ok=True)
+    # a finished run with deleted files is unfinished again until they are rebuilt (progress.json keeps the rest)
+    results_path.unlink(missing_ok=True)
     config_yaml = cfg.to_yaml()
     atomic_write_text(rdir / "config.yaml", config_yaml)
     T = len(bench.tasks)
