@@ -19,7 +19,9 @@ them frees nothing another task could use. Capacity left for task ``t`` (1-based
 
 Stored: ``packnet.backbone`` (assist: every conv weight in fp32 and the owner ids packed at
 ``ceil(log2(T+1))`` bits; it is rewritten after each task, which leaves earlier tasks' weights
-untouched) and per task ``taskNNN.packnet`` (its BatchNorm state, biases and head).
+untouched) and per task ``taskNNN.packnet`` (its BatchNorm state, biases and head). The final
+backbone also holds the training state after any task ``t`` (owners ``<= t + 1`` kept, every
+other weight free and zero), so a run retrains from any task whose later files were deleted.
 """
 from __future__ import annotations
 

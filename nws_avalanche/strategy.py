@@ -1,4 +1,8 @@
-"""The ``NWS`` strategy: a ``TaskIncrementalStrategy`` driven by ``NWSPlugin``."""
+"""The ``NWS`` strategy: a ``TaskIncrementalStrategy`` driven by ``NWSPlugin``.
+
+Tasks are rebuilt from the run's ``artifacts/pools.nwsp`` (checksummed, and tied to every task
+file by its digest), the very file counted in memory, not from the cache the run trained with.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
