@@ -1,25 +1,32 @@
-"""KSM: Kernel-wise Soft Mask (Yang, He, Zhang & Fan, CVPR 2021), from the paper's description.
+"""KSM: Kernel-wise Soft Mask (Yang, He, Zhang & Fan, CVPR 2021), as the authors' code computes it.
 
-The pretrained backbone ``W`` is frozen and shared. Task ``t`` learns, for every conv and
-every kernel (one ``(out, in)`` pair, shared by its ``kh x kw`` taps), a real-valued mask
-``m`` (init ``mask_init`` = 1e-2) and a real-valued scaling ``s`` (init ``scale_init`` = 0):
+Reference: GitHub ``LYang-666/CVPR_2021_KSM``, ``src/modnets/layers.py`` (``GroupWiseConv2d``
+with ``mask='kernel_wise'``, ``soft=True``, ``_gumbel_sigmoid`` without noise), ``src/main.py``
+(optimisers) and ``src/scripts/run.sh`` (settings). The pretrained backbone ``W`` is frozen and
+shared. Task ``t`` learns one real value ``m`` per kernel (one ``(out, in)`` pair) of every
+conv, stem and shortcuts included, initialised at ``mask_init`` = 1e-2:
 
-    p   = sigmoid(m)                                    (logistic)
-    B   = softmax([log p, log(1 - p)] / tau)[0]         (softmax trick, no straight-through;
-                                                         equal to sigmoid(m / tau))
-    M_t = B + s                                         (binary part + scaling part)
-    W_t = W * M_t[:, :, None, None]
+    x        = (m - threshold) * beta                     threshold 5e-3, beta 1200
+    training: soft = sigmoid(x / temperature)             temperature 100 (slope 12 on m - 5e-3)
+              hard = [soft >= 1/2] in the forward pass, gradient of ``soft`` (straight-through)
+    eval:     hard = [x >= 0]
+    a        = m * (1 - hard), detached (the dropped kernels' m; 0 where kept)
+    a[a!=0]  = (a[a!=0] - min(a)) / (max(a) - min(a))     (min/max over the whole layer, zeros included)
+    M        = 0.5 * a + hard                              W_t = W * M[:, :, None, None]
 
-With a small temperature ``tau`` (1e-3) ``B`` is within ``exp(-|m|/tau)`` of 0 or 1, so the
-forward pass is binary up to that margin while the gradient ``B (1 - B) / tau`` still reaches
-``m``. In eval mode, and in what is stored, ``B = [m > 0]`` exactly (``sigmoid(m/tau) > 1/2``).
-The masks train at ``mask_lr`` (2e-4, no weight decay); the per-task BatchNorm and head train
-at the run's ``lr``. Each task starts from the pretrained BatchNorm, ``m = mask_init`` and
-``s = scale_init``.
+so a kept kernel is multiplied by exactly 1 and a dropped one by ``0.5 * minmax(m)`` (no
+gradient reaches it). Where the reference would divide 0 by 0 (every kernel dropped with the
+same ``m``) the soft part is 0 here instead of NaN. Masks and BatchNorm train with Adam at
+``mask_lr`` = 2e-4 and no weight decay (the reference's ``optimizer_masks`` over
+``model.shared``); the head keeps the run's common optimiser settings (the NWS paper shares
+them across methods; the reference trains it with Adam at 2e-4). The run's LR schedule applies
+to both (the reference uses a per-iteration cosine schedule). Each task starts from the
+pretrained BatchNorm and ``m = mask_init``, as each reference run starts from the pretrained net.
 
 Stored: ``ksm.backbone`` once (assist: every frozen conv weight, fp32) and per task
-``taskNNN.ksm``: the binary part as 1 bit per kernel, the scaling part as fp32 per kernel,
-the task's BatchNorm state and head.
+``taskNNN.ksm``: per layer the binary part ``hard`` (entropy-coded with the run's integer codec,
+alphabet 2) and the multiplier ``M`` of each dropped kernel (fp32, in kernel order): exactly
+what rebuilding ``W * M`` needs; plus the task's BatchNorm state and head.
 """
 from __future__ import annotations
 
@@ -29,16 +36,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from nws_avalanche import paper_memory as paper
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
+from nws_avalanche.codecs import CODECS, DEFAULT_CODEC, decode_ints, encode_ints
 from nws_avalanche.config import method_options
 from nws_avalanche.container import pack_state, read_container, unpack_state, write_container
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, set_head
 from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
+from nws_avalanche.training import build_optimizer
 
+from .chained_optim import ChainedOptimizer
 from .surgery import bn_state, layers_of, replace_layers
 
 BACKBONE_FILE = "ksm.backbone"
@@ -46,28 +56,49 @@ BACKBONE_FILE = "ksm.backbone"
 
 @dataclass
 class KSMOptions:
-    mask_lr: float = 2e-4      # learning rate of the masks (appendix)
-    mask_init: float = 1e-2    # initial real-valued mask m (appendix)
-    scale_init: float = 0.0    # initial scaling part s (M_t starts at the binary part alone)
-    temperature: float = 1e-3  # tau of the softmax trick
+    mask_lr: float = 2e-4      # Adam lr of masks and BatchNorm (reference run.sh: LR_MASK)
+    mask_init: float = 1e-2    # initial m (reference: --mask_scale 1e-2)
+    threshold: float = 5e-3    # kept iff m >= threshold (reference: DEFAULT_THRESHOLD)
+    beta: float = 1200.0       # reference: self.Beta
+    temperature: float = 100.0  # reference: self.temperature; the straight-through slope is beta / temperature
+    codec: str = DEFAULT_CODEC  # how the binary masks are stored (nws_avalanche.codecs)
 
     def __post_init__(self):  # checked by the runner before anything is written
-        if self.temperature <= 0:
-            raise ConfigError(f"ksm.temperature must be > 0 (got {self.temperature}); default 1e-3")
+        if self.temperature <= 0 or self.beta <= 0:
+            raise ConfigError(f"ksm.beta and ksm.temperature must be > 0 (got {self.beta}, {self.temperature}); "
+                              f"the reference uses 1200 and 100")
         if self.mask_lr <= 0:
-            raise ConfigError(f"ksm.mask_lr must be > 0 (got {self.mask_lr}); the appendix uses 2e-4")
+            raise ConfigError(f"ksm.mask_lr must be > 0 (got {self.mask_lr}); the reference uses 2e-4")
+        if self.codec not in CODECS:
+            raise ConfigError(f"ksm.codec must be one of {', '.join(CODECS.names())} (got {self.codec!r})")
 
 
-def softmax_trick(m: torch.Tensor, tau: float) -> torch.Tensor:
-    """Binary part from the real mask: a two-way softmax over log-probabilities at temperature tau."""
-    logits = torch.stack([F.logsigmoid(m), F.logsigmoid(-m)], dim=-1) / tau
-    return torch.softmax(logits, dim=-1)[..., 0]
+def binary_part(m: torch.Tensor, threshold: float, beta: float, temperature: float, training: bool) -> torch.Tensor:
+    """``hard``: 0/1 in value; in training its gradient is that of ``sigmoid(x / temperature)``."""
+    x = (m - threshold) * beta
+    if not training:
+        return (x >= 0).to(m.dtype)
+    soft = torch.sigmoid(x / temperature)
+    return ((soft >= 0.5).to(m.dtype) - soft).detach() + soft
+
+
+def soft_part(m: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """``0.5 * minmax(m)`` on dropped kernels, 0 on kept ones; no gradient."""
+    a = m.detach() * (1 - hard.detach())
+    lo, hi = a.min(), a.max()
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))  # the reference divides 0 by 0 here
+    return 0.5 * torch.where(a != 0, (a - lo) / span, a)
+
+
+def kernel_multiplier(m: torch.Tensor, opts: KSMOptions, training: bool) -> torch.Tensor:
+    hard = binary_part(m, opts.threshold, opts.beta, opts.temperature, training)
+    return soft_part(m, hard) + hard
 
 
 class KSMConv2d(nn.Conv2d):
-    """A conv with a frozen weight, modulated per kernel by ``B + s``."""
+    """A conv with a frozen weight, multiplied per kernel by the KSM mask ``M(m)``."""
 
-    def __init__(self, conv: nn.Conv2d, tau: float):
+    def __init__(self, conv: nn.Conv2d, opts: KSMOptions):
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                          conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
         with torch.no_grad():
@@ -77,22 +108,23 @@ class KSMConv2d(nn.Conv2d):
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)
-        shape = self.weight.shape[:2]
-        self.mask_real = nn.Parameter(torch.zeros(shape))
-        self.mask_scale = nn.Parameter(torch.zeros(shape))
-        self.tau = tau
+        self.mask_real = nn.Parameter(torch.full(self.weight.shape[:2], opts.mask_init))
+        self.opts = opts
 
-    def binary(self) -> torch.Tensor:
-        if self.training:
-            return softmax_trick(self.mask_real, self.tau)
-        return (self.mask_real > 0).to(self.weight.dtype)
+    def multiplier(self) -> torch.Tensor:
+        return kernel_multiplier(self.mask_real, self.opts, self.training)
+
+    def kept(self) -> torch.Tensor:
+        """The binary part as the eval forward (and the stored file) has it."""
+        return binary_part(self.mask_real.detach(), self.opts.threshold, self.opts.beta, self.opts.temperature,
+                           False).bool()
 
     def forward(self, x):
-        return self._conv_forward(x, masked_weight(self.weight, self.binary(), self.mask_scale), self.bias)
+        return self._conv_forward(x, masked_weight(self.weight, self.multiplier()), self.bias)
 
 
-def masked_weight(weight: torch.Tensor, binary: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return weight * (binary + scale)[:, :, None, None]
+def masked_weight(weight: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
+    return multiplier.reshape(weight.shape[0], weight.shape[1], 1, 1) * weight
 
 
 @METHODS.register("ksm")
@@ -103,7 +135,7 @@ class KSM(TaskIncrementalStrategy):
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, "ksm", KSMOptions)
         model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
-        replace_layers(model, nn.Conv2d, lambda name, conv: KSMConv2d(conv, opts.temperature))
+        replace_layers(model, nn.Conv2d, lambda name, conv: KSMConv2d(conv, opts))
         super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, options=opts,
                          progress=progress)
 
@@ -114,22 +146,20 @@ class KSM(TaskIncrementalStrategy):
         with torch.no_grad():
             for _, m in self.mask_layers():
                 m.mask_real.fill_(self.opts.mask_init)
-                m.mask_scale.fill_(self.opts.scale_init)
         self.model.load_state_dict(bn_state(self.assets.pretrained_state, self.model), strict=False)
         if t > 0:
             set_head(self.model, self.task_head(t, num_classes))  # the pretrained backbone: its head
 
     def make_optimizer(self, **kwargs):
-        masks = [p for _, m in self.mask_layers() for p in (m.mask_real, m.mask_scale)]
-        ids = {id(p) for p in masks}
+        # reference (main.py): Adam(model.shared.parameters(), lr_mask): the masks and BatchNorm
+        shared = [m.mask_real for _, m in self.mask_layers()]
+        shared += [p for mod in self.model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)
+                   for p in mod.parameters(recurse=False) if p.requires_grad]
+        ids = {id(p) for p in shared}
         rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [{"params": rest, "weight_decay": self.cfg.weight_decay},
-                  {"params": masks, "lr": self.opts.mask_lr, "weight_decay": 0.0}]
-        if self.cfg.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(groups, lr=self.cfg.lr)
-        else:
-            self.optimizer = torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                             nesterov=self.cfg.nesterov and self.cfg.momentum > 0)
+        masks_bn = torch.optim.Adam(shared, lr=self.opts.mask_lr)
+        head = build_optimizer(self.cfg, rest) if rest else None
+        self.optimizer = ChainedOptimizer([masks_bn, head])
         self.optimized_param_id = {}
 
     # -- storage ----------------------------------------------------------------------------
@@ -145,34 +175,54 @@ class KSM(TaskIncrementalStrategy):
     def export_task(self, t, directory):
         self._write_backbone(directory)
         masks, layers = {}, []
-        for name, m in self.mask_layers():
-            bits = (m.mask_real.detach() > 0).cpu().numpy().reshape(-1)
-            masks[f"bin/{name}"] = np.packbits(bits.astype(np.uint8), bitorder="little").tobytes()
-            layers.append({"name": name, "shape": list(m.mask_real.shape)})
+        with torch.no_grad():
+            for name, m in self.mask_layers():
+                kept = m.kept()
+                mult = kernel_multiplier(m.mask_real.detach(), self.opts, training=False)
+                masks[f"bin/{name}"] = encode_ints(kept.cpu().numpy().astype(np.int64), 2, self.opts.codec)
+                masks[f"soft/{name}"] = mult[~kept].cpu().numpy().astype("<f4").tobytes()
+                layers.append({"name": name, "shape": list(m.mask_real.shape)})
         mask_keys = {f"{n}.{leaf}" for n, _ in self.mask_layers() for leaf in ("weight", "bias", "mask_real")}
         state = {k: v for k, v in self.model.state_dict().items() if k not in mask_keys}
         path = self.task_file(directory, t, "ksm")
         save_state_artifact(path, state, kind="ksm-task", task=t, extra_blobs=masks,
-                            header={"arch": self.cfg.arch, "num_classes": self.task_classes[t], "layers": layers})
+                            header={"arch": self.cfg.arch, "num_classes": self.task_classes[t], "layers": layers,
+                                    "codec": self.opts.codec})
         return [path]
 
-    def rebuild_task(self, t, directory):
+    def _read_backbone(self, directory) -> dict[str, torch.Tensor]:
         bheader, bblobs = read_container(Path(directory) / BACKBONE_FILE)
         if bheader.get("kind") != "ksm-backbone":
             raise ArtifactError(f"{directory}/{BACKBONE_FILE}: not a KSM backbone (kind={bheader.get('kind')!r})")
-        backbone = unpack_state(bheader["state"], bblobs)
+        return unpack_state(bheader["state"], bblobs)
+
+    def read_task(self, t, directory) -> tuple[dict, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """(header, float state, layer -> (kept: bool per kernel, multiplier per kernel)) of task ``t``."""
         header, state, blobs = load_state_artifact(self.task_file(directory, t, "ksm"), "ksm-task")
-        model = build_arch(header["arch"], header["num_classes"], self.assets.in_channels)
-        plain = {}
+        masks = {}
         for layer in header["layers"]:
             name, shape = layer["name"], layer["shape"]
             n = shape[0] * shape[1]
-            raw = np.unpackbits(np.frombuffer(blobs[f"bin/{name}"], dtype=np.uint8), bitorder="little")
-            if raw.size < n:
-                raise ArtifactError(f"task {t}: binary mask of {name!r} has {raw.size} bits, needs {n}")
-            binary = torch.from_numpy(raw[:n].astype(np.float32)).view(shape)
-            plain[f"{name}.weight"] = masked_weight(backbone[f"{name}.weight"], binary,
-                                                    state.pop(f"{name}.mask_scale"))
+            try:
+                kept = decode_ints(blobs[f"bin/{name}"], n, 2, header["codec"]).astype(bool)
+            except (ValueError, KeyError) as e:
+                raise ArtifactError(f"task {t}: binary mask of {name!r} does not decode: {e}") from None
+            soft = np.frombuffer(blobs[f"soft/{name}"], dtype="<f4")
+            if soft.size != int((~kept).sum()):
+                raise ArtifactError(f"task {t}: {name!r} stores {soft.size} dropped-kernel multipliers, "
+                                    f"its mask drops {int((~kept).sum())}")
+            mult = np.ones(n, dtype=np.float32)
+            mult[~kept] = soft
+            masks[name] = (torch.from_numpy(kept).view(shape), torch.from_numpy(mult).view(shape))
+        return header, state, masks
+
+    def rebuild_task(self, t, directory):
+        backbone = self._read_backbone(directory)
+        header, state, masks = self.read_task(t, directory)
+        model = build_arch(header["arch"], header["num_classes"], self.assets.in_channels)
+        plain = {}
+        for name, (_, mult) in masks.items():
+            plain[f"{name}.weight"] = masked_weight(backbone[f"{name}.weight"], mult)
             if f"{name}.bias" in backbone:
                 plain[f"{name}.bias"] = backbone[f"{name}.bias"]
         plain.update(state)
@@ -185,6 +235,19 @@ class KSM(TaskIncrementalStrategy):
     def assist_files(self, directory):
         return [Path(directory) / BACKBONE_FILE]
 
+    # -- the paper's accounting (nws_avalanche.paper_memory) -----------------------------------
+    def paper_bytes(self, t, directory) -> int:
+        """uint8 mask per kernel + the dropped kernels' multipliers + pickled BatchNorm + head."""
+        _, state, masks = self.read_task(t, directory)
+        soft = {n: mult[~kept] for n, (kept, mult) in masks.items()}
+        return (paper.uint8_masks_bytes({n: kept.numpy() for n, (kept, _) in masks.items()})
+                + paper.float_state_bytes(soft) + paper.bn_and_rest_bytes(state))
+
+    def paper_assist_bytes(self, directory) -> int:
+        return paper.float_state_bytes(self._read_backbone(directory))
+
     def task_summary(self, t):
-        kept = [float((m.mask_real > 0).float().mean()) for _, m in self.mask_layers()]
-        return {"kernels_kept": sum(kept) / max(len(kept), 1)}
+        kept = {name: float(m.kept().float().mean()) for name, m in self.mask_layers()}
+        total = sum(m.mask_real.numel() for _, m in self.mask_layers())
+        n_kept = sum(int(m.kept().sum()) for _, m in self.mask_layers())
+        return {"kept_share": kept, "kept_total": n_kept / max(total, 1)}

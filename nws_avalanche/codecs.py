@@ -1,6 +1,9 @@
-"""Lossless codecs for pool indices. Registered by name; the artifact header records which.
+"""Lossless codecs for integer payloads (NWS pool indices, and every baseline's integers: AQD
+weights, PackNet owner ids, KSM masks). Registered by name; each file's header records which.
 
-``bitpack``: every index in exactly ``ceil(log2 K)`` bits, little-endian bit order.
+``bitpack``: every value in exactly ``ceil(log2 K)`` bits, little-endian bit order.
+``encode_ints`` / ``decode_ints``: any integers in ``[0, alphabet)`` with a named codec, so every
+method stores its integers with the same coder and memory tables compare methods, not codecs.
 """
 from __future__ import annotations
 
@@ -42,6 +45,16 @@ class BitPack:
 
 def get_codec(name: str):
     return CODECS.get(name)
+
+
+def encode_ints(values, alphabet: int, codec: str = DEFAULT_CODEC) -> bytes:
+    """Integers in ``[0, alphabet)`` (any shape, read flat) -> bytes; lossless."""
+    return get_codec(codec).encode(np.asarray(values).reshape(-1), alphabet)
+
+
+def decode_ints(data: bytes, n: int, alphabet: int, codec: str = DEFAULT_CODEC) -> np.ndarray:
+    """Inverse of ``encode_ints``: ``n`` int64 values; ValueError when ``data`` does not decode."""
+    return get_codec(codec).decode(data, n, alphabet)
 
 
 # -- entropy coding ------------------------------------------------------------------------
