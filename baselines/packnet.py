@@ -5,23 +5,30 @@ Every conv weight has an owner: 0 = free, ``t + 1`` = task ``t``. For task ``t``
 1. every free weight is handed to task ``t`` (kept at zero, as PackNet/CPG leave pruned
    weights, or reset to the pretrained value with ``free_init=pretrained``) and the task
    trains on them for ``epochs``; weights of earlier tasks are visible but get no gradient
-   and no weight decay (the optimiser's own decay is off; decay is added by hand to the
-   current task's weights and to the per-task BN/head only);
+   and no weight decay. As in CPG (``utils/packnet_prune.py``,
+   ``do_weight_decay_and_make_grads_zero``) the optimiser's own decay is off and decay is added
+   by hand to the current task's conv weights only: BatchNorm and the head get none;
 2. ``prune_ratio`` of the task's weights in each layer, the smallest by magnitude, are freed
    and zeroed (one shot);
 3. the survivors are retrained for ``retrain_epochs`` at ``lr * retrain_lr_scale`` (a second
-   Avalanche ``train`` pass over the same experience).
+   Avalanche ``train`` pass over the same experience), the lr dropping x0.1 once at
+   ``round(retrain_decay_at * retrain_epochs)`` (CPG ``packnet_cifar100_main_normal.py``: 30
+   prune epochs at lr/10, x0.1 after epoch 25).
+
+Each task's BatchNorm starts from task ``t-1``'s (CPG loads the previous task's checkpoint,
+BatchNorm included); task 0's from the pretrained network.
 
 Inference on task ``t`` uses only weights owned by tasks ``<= t`` plus task ``t``'s BatchNorm
 (parameters and statistics) and head. The head is not pruned: heads are per task, so pruning
 them frees nothing another task could use. Capacity left for task ``t`` (1-based) is
 ``(1 - r)^(t-1)`` of each layer, of which it keeps ``(1 - r)``: ``0.4 * 0.6^(t-1)`` at r = 0.6.
 
-Stored: ``packnet.backbone`` (assist: every conv weight in fp32 and the owner ids packed at
-``ceil(log2(T+1))`` bits; it is rewritten after each task, which leaves earlier tasks' weights
-untouched) and per task ``taskNNN.packnet`` (its BatchNorm state, biases and head). The final
-backbone also holds the training state after any task ``t`` (owners ``<= t + 1`` kept, every
-other weight free and zero), so a run retrains from any task whose later files were deleted.
+Stored: ``packnet.backbone`` (assist: every conv weight in fp32 and the owner ids, entropy-coded
+with the run's integer codec over the alphabet ``0..T``; it is rewritten after each task, which
+leaves earlier tasks' weights untouched) and per task ``taskNNN.packnet`` (its BatchNorm state,
+biases and head). The final backbone also holds the training state after any task ``t`` (owners
+``<= t + 1`` kept, every other weight free and zero), so a run retrains from any task whose later
+files were deleted.
 """
 from __future__ import annotations
 
@@ -33,15 +40,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from nws_avalanche import paper_memory as paper
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
-from nws_avalanche.codecs import BitPack
+from nws_avalanche.codecs import CODECS, DEFAULT_CODEC, decode_ints, encode_ints
 from nws_avalanche.config import method_options
 from nws_avalanche.container import read_container, write_container
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, get_head, set_head
 from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
-from nws_avalanche.training import build_optimizer
+from nws_avalanche.training import EpochLRSchedule, build_optimizer
 
 from .surgery import bn_state, layers_of, replace_layers
 
@@ -55,6 +63,8 @@ class PackNetOptions:
     retrain_epochs: int | None = None  # None: ceil(0.3 * epochs), i.e. CPG's 30 after 100 epochs
     retrain_lr_scale: float = 0.1      # retraining runs at lr * this (CPG: lr / 10)
     free_init: str = "zero"            # zero (PackNet/CPG) | pretrained: value of freed weights for a new task
+    retrain_decay_at: float = 25 / 30  # retraining lr x0.1 after this share of its epochs (CPG: 25 of 30); 1 = never
+    codec: str = DEFAULT_CODEC         # how owner ids are stored (nws_avalanche.codecs)
 
     def __post_init__(self):  # checked by the runner before anything is written
         if not 0.0 <= self.prune_ratio < 1.0:
@@ -65,6 +75,11 @@ class PackNetOptions:
             raise ConfigError(f"packnet.retrain_epochs must be >= 0 (got {self.retrain_epochs})")
         if self.retrain_lr_scale <= 0:
             raise ConfigError(f"packnet.retrain_lr_scale must be > 0 (got {self.retrain_lr_scale}); CPG uses 0.1")
+        if not 0.0 <= self.retrain_decay_at <= 1.0:
+            raise ConfigError(f"packnet.retrain_decay_at must be in [0, 1] (got {self.retrain_decay_at}); "
+                              f"CPG drops the lr after 25 of 30 epochs (0.8333)")
+        if self.codec not in CODECS:
+            raise ConfigError(f"packnet.codec must be one of {', '.join(CODECS.names())} (got {self.codec!r})")
 
 
 class OwnedConv2d(nn.Conv2d):
@@ -126,8 +141,8 @@ class PackNet(TaskIncrementalStrategy):
                     pre = self.assets.pretrained_state[f"{name}.weight"].to(m.weight.device)
                     m.weight[free] = pre[free]
                 m.view = self.current
-        if t > 0:  # per-task BN starts from the pretrained one, like every other method here
-            self.model.load_state_dict(bn_state(self.assets.pretrained_state, self.model), strict=False)
+        # BatchNorm is left as task t-1 ended it: CPG chains it from the previous task's checkpoint
+        if t > 0:
             set_head(self.model, self.task_head(t, num_classes, get_head(self.model)))  # carried over
 
     def make_optimizer(self, **kwargs):
@@ -138,19 +153,20 @@ class PackNet(TaskIncrementalStrategy):
         self.optimized_param_id = {}
 
     def optimizer_step(self):
+        # CPG: decay by hand on the current task's conv weights; BatchNorm and head get none
         wd = self.cfg.weight_decay
         with torch.no_grad():
-            conv_weights = set()
             for _, m in self.owned_layers():
-                conv_weights.add(id(m.weight))
                 if m.weight.grad is None:
                     continue
                 mine = (m.owner == self.current).to(m.weight.dtype)
                 m.weight.grad.mul_(mine).add_(m.weight * mine, alpha=wd)
-            for p in self.model.parameters():
-                if id(p) not in conv_weights and p.grad is not None and wd:
-                    p.grad.add_(p, alpha=wd)
         self.optimizer.step()
+
+    def retrain_milestones(self) -> list[int]:
+        """Retraining epochs after which the lr drops x0.1 (CPG: after 25 of 30)."""
+        at = round(self.opts.retrain_decay_at * self.retrain_epochs)
+        return [at] if 0 < at < self.retrain_epochs else []
 
     def prune_current(self) -> None:
         """Free ``prune_ratio`` of the current task's weights per layer, smallest magnitude first."""
@@ -170,16 +186,17 @@ class PackNet(TaskIncrementalStrategy):
         super().train(experiences, eval_streams, **kwargs)
         self.prune_current()
         if self.retrain_epochs > 0:
-            epochs, self.train_epochs, self.phase = self.train_epochs, self.retrain_epochs, "retrain"
+            schedule = next(p for p in self.plugins if isinstance(p, EpochLRSchedule))
+            saved = (self.train_epochs, schedule.milestones, schedule.gamma)
+            self.train_epochs, self.phase = self.retrain_epochs, "retrain"
+            schedule.milestones, schedule.gamma = self.retrain_milestones(), 0.1
             try:
                 super().train(experiences, eval_streams, **kwargs)
             finally:
-                self.train_epochs, self.phase = epochs, "train"
+                self.train_epochs, schedule.milestones, schedule.gamma = saved
+                self.phase = "train"
 
     # -- storage ----------------------------------------------------------------------------
-    def owner_bits(self) -> int:
-        return math.ceil(math.log2(len(self.task_classes) + 1))
-
     def _write_backbone(self, directory: Path) -> Path:
         K = len(self.task_classes) + 1
         layers, blobs = [], {}
@@ -187,9 +204,9 @@ class PackNet(TaskIncrementalStrategy):
             w = m.weight.detach().cpu().contiguous()
             layers.append({"name": name, "shape": list(w.shape)})
             blobs[f"w/{name}"] = w.numpy().astype("<f4").tobytes()
-            blobs[f"own/{name}"] = BitPack.encode(m.owner.cpu().numpy().reshape(-1), K)
+            blobs[f"own/{name}"] = encode_ints(m.owner.cpu().numpy().astype(np.int64), K, self.opts.codec)
         header = {"kind": "packnet-backbone", "format": 1, "tasks": len(self.task_classes),
-                  "owner_bits": self.owner_bits(), "arch": self.cfg.arch, "layers": layers}
+                  "codec": self.opts.codec, "arch": self.cfg.arch, "layers": layers}
         return write_container(Path(directory) / BACKBONE_FILE, header, blobs)
 
     def export_task(self, t, directory):
@@ -201,25 +218,31 @@ class PackNet(TaskIncrementalStrategy):
                             header={"arch": self.cfg.arch, "num_classes": self.task_classes[t], "owner": t + 1})
         return [path]
 
-    def rebuild_task(self, t, directory):
+    def read_backbone(self, directory) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """layer -> (fp32 weights, owner ids) as stored in ``packnet.backbone``."""
         header, blobs = read_container(Path(directory) / BACKBONE_FILE)
         if header.get("kind") != "packnet-backbone":
             raise ArtifactError(f"{directory}/{BACKBONE_FILE}: not a PackNet backbone (kind={header.get('kind')!r})")
+        K = header["tasks"] + 1
+        out = {}
+        for layer in header["layers"]:
+            n = int(np.prod(layer["shape"]))
+            w = torch.from_numpy(np.frombuffer(blobs[f"w/{layer['name']}"], dtype="<f4").copy())
+            try:  # files written before the shared codec bit-packed the owners
+                own = decode_ints(blobs[f"own/{layer['name']}"], n, K, header.get("codec", "bitpack"))
+            except ValueError as e:
+                raise ArtifactError(f"{BACKBONE_FILE}: owners of {layer['name']!r} do not decode: {e}") from None
+            out[layer["name"]] = (w.view(layer["shape"]), torch.from_numpy(own.astype(np.uint8)).view(layer["shape"]))
+        return out
+
+    def rebuild_task(self, t, directory):
+        backbone = self.read_backbone(directory)
         theader, state, _ = load_state_artifact(self.task_file(directory, t, "packnet"), "packnet-task")
         model = build_arch(theader["arch"], theader["num_classes"], self.assets.in_channels)
-        K = header["tasks"] + 1
         with torch.no_grad():
-            for layer in header["layers"]:
-                n = int(np.prod(layer["shape"]))
-                w = torch.from_numpy(np.frombuffer(blobs[f"w/{layer['name']}"], dtype="<f4").copy())
-                try:
-                    own = BitPack.decode(blobs[f"own/{layer['name']}"], n, K)
-                except ValueError as e:
-                    raise ArtifactError(f"{BACKBONE_FILE}: owners of {layer['name']!r} do not decode: {e}") from None
-                own = torch.from_numpy(own.astype(np.uint8)).view(layer["shape"])
-                conv = model.get_submodule(layer["name"])
-                conv.weight.copy_(visible_weight(w.view(layer["shape"]), own, theader["owner"]))
-        missing = set(model.state_dict()) - {f"{lay['name']}.weight" for lay in header["layers"]} - set(state)
+            for name, (w, own) in backbone.items():
+                model.get_submodule(name).weight.copy_(visible_weight(w, own, theader["owner"]))
+        missing = set(model.state_dict()) - {f"{name}.weight" for name in backbone} - set(state)
         if missing:
             raise ArtifactError(f"task {t}: PackNet artifact lacks state entries {sorted(missing)[:5]}")
         model.load_state_dict(state, strict=False)
@@ -228,20 +251,15 @@ class PackNet(TaskIncrementalStrategy):
     def restore_from_files(self, t, directory):
         # Weights owned by tasks <= t are never changed by later tasks (no gradient, no decay), and
         # every weight a later task took was free, i.e. zero, after task t: the final backbone holds
-        # the state after task t exactly. The next task restarts BatchNorm and carries the head over:
-        # task t's head (and BatchNorm) come from its own file.
+        # the state after task t exactly. The next task carries over task t's BatchNorm (chained, as
+        # CPG does) and head: both come from task t's own file.
         set_head(self.model, get_head(self.rebuild_task(t, directory)).to(self.device))
-        header, blobs = read_container(Path(directory) / BACKBONE_FILE)
-        if header.get("kind") != "packnet-backbone":
-            raise ArtifactError(f"{directory}/{BACKBONE_FILE}: not a PackNet backbone (kind={header.get('kind')!r})")
-        K = header["tasks"] + 1
+        _, state, _ = load_state_artifact(self.task_file(directory, t, "packnet"), "packnet-task")
+        self.model.load_state_dict(bn_state(state, self.model), strict=False)
         with torch.no_grad():
-            for layer in header["layers"]:
-                n, shape = int(np.prod(layer["shape"])), layer["shape"]
-                w = torch.from_numpy(np.frombuffer(blobs[f"w/{layer['name']}"], dtype="<f4").copy()).view(shape)
-                own = torch.from_numpy(BitPack.decode(blobs[f"own/{layer['name']}"], n, K).astype(np.uint8)).view(shape)
+            for name, (w, own) in self.read_backbone(directory).items():
                 kept = (own > 0) & (own <= t + 1)
-                conv = self.model.get_submodule(layer["name"])
+                conv = self.model.get_submodule(name)
                 conv.owner.copy_(torch.where(kept, own, torch.zeros_like(own)))
                 conv.weight.copy_(torch.where(kept, w, torch.zeros_like(w)))
                 conv.view = t + 1
@@ -250,6 +268,20 @@ class PackNet(TaskIncrementalStrategy):
     def assist_files(self, directory):
         return [Path(directory) / BACKBONE_FILE]
 
+    # -- the paper's accounting (nws_avalanche.paper_memory) -----------------------------------
+    def paper_bytes(self, t, directory) -> int:
+        """CPG's ``shared_layer_info`` entry of the task: its BatchNorm, biases and head, pickled."""
+        _, state, _ = load_state_artifact(self.task_file(directory, t, "packnet"), "packnet-task")
+        return paper.bn_and_rest_bytes(state)
+
+    def paper_assist_bytes(self, directory) -> int:
+        """CPG's ``masks`` (one uint8 owner id per weight) + the backbone state dict, pickled."""
+        backbone = self.read_backbone(directory)
+        return (paper.uint8_masks_bytes({n: own.numpy() for n, (_, own) in backbone.items()})
+                + paper.float_state_bytes({f"{n}.weight": w for n, (w, _) in backbone.items()}))
+
     def task_summary(self, t):
         owned = {name: float((m.owner == t + 1).float().mean()) for name, m in self.owned_layers()}
-        return {"owned_fraction": owned, "retrain_epochs": self.retrain_epochs}
+        free = {name: float((m.owner == 0).float().mean()) for name, m in self.owned_layers()}
+        return {"owned_fraction": owned, "free_fraction": free, "retrain_epochs": self.retrain_epochs,
+                "retrain_milestones": self.retrain_milestones()}

@@ -1,14 +1,19 @@
-"""PackNet (issue 4): frozen old tasks, nested masks, capacity, decay, honest memory."""
+"""PackNet (issues 4, 16): frozen old tasks, nested masks, capacity, CPG's BN chaining, decay scope and
+retraining schedule, honest memory."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from avalanche.core import SupervisedPlugin
 
 from baselines.packnet import BACKBONE_FILE
+from nws_avalanche.codecs import decode_ints
 from nws_avalanche.container import read_container
 from nws_avalanche.errors import ConfigError
+from benchmarks import to_avalanche
 from tests.baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
 
 T = 3
@@ -20,15 +25,90 @@ def trained(tmp_path_factory):
     art = tmp_path_factory.mktemp("packnet")
     bench = tiny_bench(T)
     strat, scenario = tiny_strategy("packnet", bench, "weight_decay=0.1", "packnet.retrain_epochs=1")
-    history = {"logits": [], "rebuilt": [], "frozen": [], "summary": []}
+    history = {"logits": [], "rebuilt": [], "frozen": [], "summary": [], "bn_start": [], "bn_end": []}
+    strat.plugins.append(_BNAtStart(history["bn_start"]))
     for t, exp in enumerate(scenario.train_stream):
         strat.train(exp)
+        history["bn_end"].append(_bn(strat.model.state_dict()))
         strat.export_task(t, art)
         history["summary"].append(strat.task_summary(t))
         history["logits"].append([logits(strat.rebuild_task(j, art), bench, j) for j in range(t + 1)])
         history["rebuilt"].append({j: strat.rebuild_task(j, art).state_dict() for j in range(t + 1)})
         history["frozen"].append({n: (m.weight.detach().clone(), m.owner.clone()) for n, m in strat.owned_layers()})
     return strat, bench, art, history
+
+
+def _bn(state):
+    return {k: v.clone() for k, v in state.items() if ".bn" in k or k.startswith("bn") or "downsample.1" in k}
+
+
+class _BNAtStart(SupervisedPlugin):
+    """Records the BatchNorm state when a task's first (not the retraining) pass starts."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def before_training_epoch(self, strategy, **kw):
+        if strategy.phase == "train" and strategy.clock.train_exp_epochs == 0:
+            self.out.append(_bn(strategy.model.state_dict()))
+
+
+def test_batchnorm_chained_from_the_previous_task(trained):
+    strat, _, _, h = trained
+    assert len(h["bn_start"]) == T and h["bn_start"][0]
+    pre = _bn(strat.assets.pretrained_state)
+    assert all(torch.equal(h["bn_start"][0][k], pre[k]) for k in pre)
+    for t in range(1, T):
+        start, prev = h["bn_start"][t], h["bn_end"][t - 1]
+        assert all(torch.equal(start[k], prev[k]) for k in prev), f"task {t} did not start from task {t - 1}'s BN"
+        assert any(not torch.equal(start[k], pre[k]) for k in pre if k.endswith("running_mean"))
+
+
+def test_hand_weight_decay_on_current_conv_weights_only():
+    strat, _ = tiny_strategy("packnet", tiny_bench(2), "weight_decay=0.5", "momentum=0", "lr=0.1")
+    strat.prepare_task(0, 2)
+    with torch.no_grad():  # task 0 owns half of every layer, task 1 (current) the rest
+        for _, m in strat.owned_layers():
+            m.owner.view(-1)[::2] = 1
+            m.owner.view(-1)[1::2] = 2
+    strat.current = 2
+    strat.make_optimizer()
+    before = {k: v.detach().clone() for k, v in strat.model.named_parameters()}
+    for p in strat.model.parameters():
+        p.grad = torch.zeros_like(p)
+    strat.optimizer_step()
+    convs = {f"{n}.weight": m for n, m in strat.owned_layers()}
+    for k, p in strat.model.named_parameters():
+        if k in convs:
+            mine = convs[k].owner == 2
+            torch.testing.assert_close(p.detach()[mine], before[k][mine] * (1 - 0.1 * 0.5), rtol=1e-6, atol=0)
+            assert torch.equal(p.detach()[~mine], before[k][~mine]), f"{k}: task 0's weights decayed"
+        else:
+            assert torch.equal(p.detach(), before[k]), f"{k} (BatchNorm or head) was decayed"
+
+
+class _LR(SupervisedPlugin):
+    def __init__(self):
+        super().__init__()
+        self.lrs = {"train": [], "retrain": []}
+
+    def before_training_epoch(self, strategy, **kw):
+        self.lrs[strategy.phase].append(strategy.optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("retrain, drop_after", [(6, 5), (30, 25), (2, 2), (1, 1)])
+def test_retraining_lr_drops_at_25_of_30_scaled(retrain, drop_after):
+    strat, _ = tiny_strategy("packnet", tiny_bench(1), "lr=0.1", "epochs=2", "milestones=[1]",
+                             f"packnet.retrain_epochs={retrain}")
+    assert strat.retrain_milestones() == ([drop_after] if drop_after < retrain else [])
+    if retrain != 6:
+        return  # training runs only for the first case: the milestone arithmetic is the rest
+    rec = _LR()
+    strat.plugins.append(rec)
+    strat.train(to_avalanche(tiny_bench(1)).train_stream[0])
+    assert rec.lrs["train"] == pytest.approx([0.1, 0.01])  # the run's own schedule is untouched
+    assert rec.lrs["retrain"] == pytest.approx([0.01] * 5 + [0.001])
 
 
 def test_old_tasks_logits_bit_identical_after_later_tasks(trained):
@@ -80,15 +160,21 @@ def test_capacity_follows_geometric_law(trained):
         assert float(m.weight.detach()[free].abs().sum()) == 0.0
 
 
-def test_owner_masks_packed_at_log2_tasks_plus_one_bits(trained):
-    _, _, art, _ = trained
+def test_owner_ids_entropy_coded_round_trip(trained):
+    strat, _, art, h = trained
     header, blobs = read_container(art / BACKBONE_FILE)
-    bits = math.ceil(math.log2(T + 1))
-    assert header["owner_bits"] == bits
+    assert header["codec"] == "rans16"
+    layers = dict(strat.owned_layers())
     for layer in header["layers"]:
         n = math.prod(layer["shape"])
-        assert len(blobs[f"own/{layer['name']}"]) == math.ceil(n * bits / 8)
+        own = decode_ints(blobs[f"own/{layer['name']}"], n, T + 1, header["codec"])
+        assert np.array_equal(own, layers[layer["name"]].owner.numpy().reshape(-1))
+        # never more than the old bit-packing plus the codec's one mode byte
+        assert len(blobs[f"own/{layer['name']}"]) <= math.ceil(n * math.ceil(math.log2(T + 1)) / 8) + 1
         assert len(blobs[f"w/{layer['name']}"]) == 4 * n
+    for t, summary in enumerate(h["summary"]):
+        for name, free in summary["free_fraction"].items():
+            assert abs(free - 0.6 ** (t + 1)) <= (t + 1) / layers[name].weight.numel() + 1e-9
 
 
 def test_bad_prune_ratio_is_a_config_error():
