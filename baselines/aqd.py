@@ -2,29 +2,43 @@
 
 Each task fine-tunes its own copy of the pretrained network with the weights and the input
 activations of every conv (the first conv and the head excepted by default) quantised by a
-learned step size per layer, LSQ style:
+learned step size, LSQ style (the LSQ path of the AQD code, GitHub ``aim-uofa/model-quantization``,
+``models/quant.py`` with keyword ``lsq``; ``models/dorefa.py``: ``LSQ``, ``GradientScale``):
 
     q    = round(clamp(x / s, Qn, Qp))       x_hat = q * s
     weights: Qn = -2^(b-1), Qp = 2^(b-1) - 1        activations: Qn = 0, Qp = 2^b - 1
-             (signed activations, if the layer's first batch has negatives, use the weight range)
-    training: rounding is straight-through; the gradient reaching s is scaled by
-              1 / sqrt(numel * Qp) (numel of the weight, or of one sample's activation)
-    init: s_w = 2 mean|w| / sqrt(Qp); s_a = 2 mean|x| / sqrt(Qp) on the first training batch.
+             (signed activations, if a warm-up batch of the layer has negatives, use the weight range)
+    steps:   weights one per output channel (``weight_steps=channel``, the reference's default
+             ``quant_group``) or one per layer (``layer``); activations one per layer
+    training: rounding is straight-through; with ``grad_scale=lsq`` the gradient reaching s is
+              scaled by 1 / sqrt(n * Qp) (n: elements per step), ``none`` leaves it (the reference's default)
+
+Step initialisation, as the reference's ``init_based_on_warmup``: the first ``warmup_batches``
+training batches of a task run in full precision while each layer averages ``max|w|`` (over the
+whole layer, also for per-channel steps, as the reference does) and ``max|x|`` of its input; then
+``s_w = mean max|w| / Qp`` and ``s_a = mean max|x| / Qp``, so the grid spans the range seen and
+(nearly) all ``2^b`` levels are in use. (The reference's weight grid is ``2^b`` levels spread
+symmetrically over ``[-clip, clip]`` without a zero; ours is the signed integer grid ``q * s``,
+which a rebuild needs: the stored integers times the step.) If a task has fewer batches, the
+steps come from those it had.
 
 In eval mode rounding is plain ``round``, so a model rebuilt from the stored integers gives
-bit-identical logits. Stored per task (``taskNNN.aqd``): the integer weights packed at ``bits``
-bits, the step sizes, the full-precision layers, BatchNorm and head. Nothing is shared.
+bit-identical logits. Stored per task (``taskNNN.aqd``): the integer weights entropy-coded with
+the run's integer codec (alphabet ``2^bits``), the step sizes, the full-precision layers,
+BatchNorm and head. Nothing is shared.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nws_avalanche import paper_memory as paper
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
-from nws_avalanche.codecs import BitPack
+from nws_avalanche.codecs import CODECS, DEFAULT_CODEC, decode_ints, encode_ints
 from nws_avalanche.config import method_options
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
@@ -33,16 +47,31 @@ from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
 
 from .surgery import layers_of, replace_layers
 
+WEIGHT_STEPS = ("channel", "layer")
+GRAD_SCALES = ("lsq", "none")
+
 
 @dataclass
 class AQDOptions:
     bits: int = 9                      # weight and activation bit width
     full_precision_first: bool = True  # keep the first conv in fp32
     full_precision_last: bool = True   # keep the head in fp32
+    weight_steps: str = "channel"      # channel (reference default) | layer: one weight step per output channel or layer
+    warmup_batches: int = 20           # full-precision batches whose ranges set the steps (reference: --stable 20)
+    grad_scale: str = "lsq"            # lsq: step gradient x 1/sqrt(n Qp) (LSQ paper) | none (reference default)
+    codec: str = DEFAULT_CODEC         # how the integer weights are stored (nws_avalanche.codecs)
 
     def __post_init__(self):  # checked by the runner before anything is written
         if not 2 <= self.bits <= 16:
             raise ConfigError(f"aqd.bits must be in 2..16 (got {self.bits}); the paper's setting is 9")
+        if self.weight_steps not in WEIGHT_STEPS:
+            raise ConfigError(f"aqd.weight_steps must be one of {', '.join(WEIGHT_STEPS)} (got {self.weight_steps!r})")
+        if self.grad_scale not in GRAD_SCALES:
+            raise ConfigError(f"aqd.grad_scale must be one of {', '.join(GRAD_SCALES)} (got {self.grad_scale!r})")
+        if self.warmup_batches < 1:
+            raise ConfigError(f"aqd.warmup_batches must be >= 1 (got {self.warmup_batches})")
+        if self.codec not in CODECS:
+            raise ConfigError(f"aqd.codec must be one of {', '.join(CODECS.names())} (got {self.codec!r})")
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -62,14 +91,17 @@ def quantize(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int, grad_scale: 
 
 
 class QuantMixin:
-    """Learned-step quantisation of a layer's weight and input."""
+    """Learned-step quantisation of a layer's weight and input, steps initialised by a warm-up."""
 
-    def _init_quant(self, bits: int):
-        self.bits = bits
-        self.w_step = nn.Parameter(torch.ones(()))
+    def _init_quant(self, opts: AQDOptions):
+        self.bits, self.warmup, self.grad_mode = opts.bits, opts.warmup_batches, opts.grad_scale
+        channels = opts.weight_steps == "channel"
+        self.w_step = nn.Parameter(torch.ones(self.weight.shape[0] if channels else ()))
         self.a_step = nn.Parameter(torch.ones(()))
         self.register_buffer("a_signed", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("a_ready", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # warm-up batches seen this task
+        self.register_buffer("w_clip", torch.zeros(()))  # running means of max|w| and max|x| over them
+        self.register_buffer("a_clip", torch.zeros(()))
 
     @property
     def w_range(self) -> tuple[int, int]:
@@ -79,64 +111,109 @@ class QuantMixin:
     def a_range(self) -> tuple[int, int]:
         return self.w_range if bool(self.a_signed) else (0, (1 << self.bits) - 1)
 
+    def _w_step(self) -> torch.Tensor:
+        """The weight step broadcast over the weight (one per output channel, or one)."""
+        return self.w_step.view(-1, *[1] * (self.weight.dim() - 1)) if self.w_step.dim() else self.w_step
+
     def reset_steps(self) -> None:
+        """A new task: steps from its own warm-up (the weight step from the weights until then)."""
         with torch.no_grad():
-            self.w_step.fill_(2 * self.weight.abs().mean().clamp_min(1e-8) / self.w_range[1] ** 0.5)
-            self.a_ready.fill_(False)
+            self.seen.zero_()
+            self.a_signed.fill_(False)
+            self.w_clip.copy_(self.weight.abs().max())
+            self.a_clip.zero_()
+            self.w_step.fill_(float(self.w_clip.clamp_min(1e-8)) / self.w_range[1])
+
+    def _observe(self, x: torch.Tensor) -> None:
+        """One warm-up batch: running means of the ranges, as the reference's init_based_on_warmup."""
+        with torch.no_grad():
+            i = int(self.seen) + 1
+            self.w_clip.mul_(i - 1).add_(self.weight.abs().max()).div_(i)
+            self.a_clip.mul_(i - 1).add_(x.abs().max()).div_(i)
+            self.a_signed.logical_or_(x.min() < 0)
+            self.seen.fill_(i)
+            if i == self.warmup:
+                self._set_steps()
+
+    def _set_steps(self) -> None:
+        with torch.no_grad():
+            self.w_step.fill_(float(self.w_clip.clamp_min(1e-8)) / self.w_range[1])
+            self.a_step.fill_(float(self.a_clip.clamp_min(1e-8)) / self.a_range[1])
+
+    def warming_up(self) -> bool:
+        return int(self.seen) < self.warmup
+
+    def finish_warmup(self) -> None:
+        """Training ended inside the warm-up: steps from the batches seen (if any)."""
+        if 0 < int(self.seen) < self.warmup:
+            self._set_steps()
+            self.seen.fill_(self.warmup)
+
+    def _grad_scale(self, n: int, qp: int) -> float | None:
+        if not self.training:
+            return None
+        return 1.0 / (n * qp) ** 0.5 if self.grad_mode == "lsq" else 1.0
 
     def weight_q(self) -> torch.Tensor:
         qn, qp = self.w_range
-        g = 1.0 / (self.weight.numel() * qp) ** 0.5 if self.training else None
-        return quantize(self.weight, self.w_step, qn, qp, g)
+        n = self.weight.numel() // max(self.w_step.numel(), 1)
+        return quantize(self.weight, self._w_step(), qn, qp, self._grad_scale(n, qp))
 
     def int_weight(self) -> torch.Tensor:
+        self.finish_warmup()
         qn, qp = self.w_range
         with torch.no_grad():
-            return torch.clamp(self.weight / self.w_step, qn, qp).round().to(torch.int32)
+            return torch.clamp(self.weight / self._w_step(), qn, qp).round().to(torch.int32)
 
     def act_q(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and not bool(self.a_ready):
-            with torch.no_grad():
-                self.a_signed.fill_(bool(x.min() < 0))
-                self.a_step.fill_(2 * x.abs().mean().clamp_min(1e-8) / self.a_range[1] ** 0.5)
-                self.a_ready.fill_(True)
         qn, qp = self.a_range
-        g = 1.0 / (x[0].numel() * qp) ** 0.5 if self.training else None
-        return quantize(x, self.a_step, qn, qp, g)
+        return quantize(x, self.a_step, qn, qp, self._grad_scale(x[0].numel(), qp))
+
+    def quantised_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input, weight) for the forward: full precision during the warm-up, quantised after."""
+        if self.training and self.warming_up():
+            self._observe(x)
+            if self.warming_up():
+                return x, self.weight
+        elif not self.training:
+            self.finish_warmup()
+        return self.act_q(x), self.weight_q()
 
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
-    def __init__(self, conv: nn.Conv2d, bits: int):
+    def __init__(self, conv: nn.Conv2d, opts: AQDOptions):
         nn.Conv2d.__init__(self, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
-        self._init_quant(bits)
         with torch.no_grad():
             self.weight.copy_(conv.weight)
             if conv.bias is not None:
                 self.bias.copy_(conv.bias)
+        self._init_quant(opts)
 
     def forward(self, x):
-        return self._conv_forward(self.act_q(x), self.weight_q(), self.bias)
+        x, w = self.quantised_inputs(x)
+        return self._conv_forward(x, w, self.bias)
 
 
 class QuantLinear(QuantMixin, nn.Linear):
-    def __init__(self, lin: nn.Linear, bits: int):
+    def __init__(self, lin: nn.Linear, opts: AQDOptions):
         nn.Linear.__init__(self, lin.in_features, lin.out_features, lin.bias is not None)
-        self._init_quant(bits)
         with torch.no_grad():
             self.weight.copy_(lin.weight)
             if lin.bias is not None:
                 self.bias.copy_(lin.bias)
+        self._init_quant(opts)
 
     def forward(self, x):
-        return F.linear(self.act_q(x), self.weight_q(), self.bias)
+        x, w = self.quantised_inputs(x)
+        return F.linear(x, w, self.bias)
 
 
 def quantize_model(model: nn.Module, opts: AQDOptions) -> nn.Module:
     """Swap the quantised layers in (in place): every conv but the first, and the head if asked."""
     convs = [n for n, m in model.named_modules() if type(m) is nn.Conv2d]
     first = convs[0] if convs and opts.full_precision_first else None
-    replace_layers(model, nn.Conv2d, lambda name, conv: QuantConv2d(conv, opts.bits), skip=lambda n: n == first)
+    replace_layers(model, nn.Conv2d, lambda name, conv: QuantConv2d(conv, opts), skip=lambda n: n == first)
     if not opts.full_precision_last:
         _quantize_head(model, opts)
     return model
@@ -145,7 +222,7 @@ def quantize_model(model: nn.Module, opts: AQDOptions) -> nn.Module:
 def _quantize_head(model: nn.Module, opts: AQDOptions) -> None:
     head = get_head(model)
     if type(head) is nn.Linear:
-        set_head(model, QuantLinear(head, opts.bits))
+        set_head(model, QuantLinear(head, opts))
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, QuantMixin]]:
@@ -191,8 +268,8 @@ class AQD(TaskIncrementalStrategy):
         K = 1 << self.opts.bits
         layers, blobs = [], {}
         for name, m in quant_layers(self.model):
-            q = m.int_weight().cpu().numpy().reshape(-1)
-            blobs[f"q/{name}"] = BitPack.encode(q - m.w_range[0], K)
+            q = m.int_weight().cpu().numpy().reshape(-1).astype(np.int64)
+            blobs[f"q/{name}"] = encode_ints(q - m.w_range[0], K, self.opts.codec)
             layers.append({"name": name, "shape": list(m.weight.shape)})
         skip = {f"{n}.weight" for n, _ in quant_layers(self.model)}
         state = {k: v for k, v in self.model.state_dict().items() if k not in skip}
@@ -200,12 +277,27 @@ class AQD(TaskIncrementalStrategy):
         save_state_artifact(path, state, kind="aqd-task", task=t, extra_blobs=blobs,
                             header={"arch": self.cfg.arch, "num_classes": self.task_classes[t], "bits": self.opts.bits,
                                     "full_precision_first": self.opts.full_precision_first,
-                                    "full_precision_last": self.opts.full_precision_last, "layers": layers})
+                                    "full_precision_last": self.opts.full_precision_last, "layers": layers,
+                                    "weight_steps": self.opts.weight_steps, "codec": self.opts.codec})
         return [path]
 
-    def rebuild_task(self, t, directory):
+    def read_task(self, t, directory) -> tuple[dict, dict[str, torch.Tensor], dict[str, np.ndarray]]:
+        """(header, float state, layer -> signed integer weights) of task ``t``."""
         header, state, blobs = load_state_artifact(self.task_file(directory, t, "aqd"), "aqd-task")
-        opts = AQDOptions(header["bits"], header["full_precision_first"], header["full_precision_last"])
+        ints = {}
+        for lay in header["layers"]:
+            n = int(np.prod(lay["shape"]))
+            try:  # files written before the shared codec bit-packed the integers
+                q = decode_ints(blobs[f"q/{lay['name']}"], n, 1 << header["bits"], header.get("codec", "bitpack"))
+            except (ValueError, KeyError) as e:
+                raise ArtifactError(f"task {t}: integer weights of {lay['name']!r} do not decode: {e}") from None
+            ints[lay["name"]] = q - (1 << (header["bits"] - 1))
+        return header, state, ints
+
+    def rebuild_task(self, t, directory):
+        header, state, ints = self.read_task(t, directory)
+        opts = AQDOptions(header["bits"], header["full_precision_first"], header["full_precision_last"],
+                          weight_steps=header.get("weight_steps", "layer"))
         model = quantize_model(build_arch(header["arch"], header["num_classes"], self.assets.in_channels), opts)
         layers = dict(quant_layers(model))
         if set(layers) != {lay["name"] for lay in header["layers"]}:
@@ -215,12 +307,21 @@ class AQD(TaskIncrementalStrategy):
             with torch.no_grad():
                 for lay in header["layers"]:
                     m = layers[lay["name"]]
-                    n = m.weight.numel()
-                    q = BitPack.decode(blobs[f"q/{lay['name']}"], n, 1 << header["bits"]) + m.w_range[0]
-                    m.weight.copy_(torch.from_numpy(q).to(torch.float32).view(lay["shape"]) * m.w_step)
+                    q = torch.from_numpy(ints[lay["name"]]).to(torch.float32).view(lay["shape"])
+                    m.weight.copy_(q * m._w_step())
         except (RuntimeError, ValueError) as e:
             raise ArtifactError(f"task {t}: AQD artifact does not fit {header['arch']}: {e}") from None
         missing = set(model.state_dict()) - set(state) - {f"{n}.weight" for n in layers}
         if missing:
             raise ArtifactError(f"task {t}: AQD artifact lacks state entries {sorted(missing)[:5]}")
         return model.eval()
+
+    # -- the paper's accounting (nws_avalanche.paper_memory) -----------------------------------
+    def paper_bytes(self, t, directory) -> int:
+        """The integer weights as int16 + LZMA (as the NWS authors store codes) + the float state pickled."""
+        _, state, ints = self.read_task(t, directory)
+        return paper.lzma_int16_bytes(list(ints.values())) + paper.bn_and_rest_bytes(state)
+
+    def task_summary(self, t):
+        levels = {name: int(m.int_weight().unique().numel()) for name, m in quant_layers(self.model)}
+        return {"levels_used": levels}

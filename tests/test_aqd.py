@@ -1,4 +1,5 @@
-"""AQD (issue 4): weights and activations on 2^bits levels, bit-identical round trip, memory."""
+"""AQD (issues 4, 16): weights and activations on 2^bits levels, steps initialised from warm-up ranges as the
+reference's LSQ path, per-channel weight steps, bit-identical round trip, memory."""
 from __future__ import annotations
 
 import math
@@ -7,9 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from baselines.aqd import QuantMixin, quant_layers
+import numpy as np
+
+from baselines.aqd import AQDOptions, QuantConv2d, QuantMixin, quant_layers
 from tests.baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
 from nws_avalanche.artifact import load_state_artifact
+from nws_avalanche.codecs import decode_ints
 from nws_avalanche.errors import ConfigError
 
 T = 2
@@ -35,8 +39,9 @@ def test_quantised_weights_have_at_most_2_pow_bits_values(trained):
     assert len(layers) == sum(isinstance(m, nn.Conv2d) for m in strat.model.modules()) - 1  # first conv in fp32
     for name, m in layers:
         w = m.weight_q().detach()
-        assert w.unique().numel() <= 2 ** 9, name
-        q = w / m.w_step.detach()
+        assert w.unique().numel() <= 2 ** 9 * m.w_step.numel(), name
+        assert m.w_step.shape == (m.weight.shape[0],)  # one step per output channel (the default)
+        q = w / m._w_step().detach()
         assert torch.allclose(q, q.round(), atol=1e-3) and q.min() >= -256 and q.max() <= 255, name
 
 
@@ -55,7 +60,7 @@ def test_activations_have_at_most_2_pow_bits_levels(trained):
             h.remove()
     assert len(seen) == len(quant_layers(strat.model))
     for m, a in seen.items():
-        assert bool(m.a_ready)
+        assert not m.warming_up()
         assert a.unique().numel() <= 2 ** 9
         lo, hi = m.a_range
         levels = a / m.a_step.detach()
@@ -70,21 +75,64 @@ def test_round_trip_bit_identical(trained):
         assert torch.equal(logits(rebuilt, bench, t), out[t])
     assert type(rebuilt.conv1) is nn.Conv2d and type(rebuilt.fc) is nn.Linear  # first and last in fp32
     header, state, blobs = load_state_artifact(art / f"task{T - 1:03d}.aqd", "aqd-task")
+    assert header["codec"] == "rans16"
+    layers = dict(quant_layers(strat.model))
     for layer in header["layers"]:
-        assert len(blobs[f"q/{layer['name']}"]) == math.ceil(math.prod(layer["shape"]) * 9 / 8)
+        n = math.prod(layer["shape"])
+        q = decode_ints(blobs[f"q/{layer['name']}"], n, 2 ** 9, header["codec"]) - 256
+        assert np.array_equal(q, layers[layer["name"]].int_weight().numpy().reshape(-1))
+        assert len(blobs[f"q/{layer['name']}"]) <= math.ceil(n * 9 / 8) + 1  # never above bit-packing
         assert f"{layer['name']}.weight" not in state
+
+
+def _gaussian_conv(opts: AQDOptions) -> QuantConv2d:
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+    with torch.no_grad():  # trained weights are roughly Gaussian: a few large ones, most near 0
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
+    layer = QuantConv2d(conv, opts)
+    layer.reset_steps()
+    return layer
+
+
+@pytest.mark.parametrize("weight_steps", ["channel", "layer"])
+def test_most_weight_levels_used_after_init(weight_steps):
+    """Steps from the warm-up's max|w| spread a 36,864-weight layer over most of the 512 levels at 9 bits
+    (the former 2 mean|w| / sqrt(Qp) used about 90 of them)."""
+    layer = _gaussian_conv(AQDOptions(weight_steps=weight_steps, warmup_batches=2)).train()
+    for _ in range(2):
+        layer(torch.randn(2, 64, 5, 5).relu())
+    used = layer.int_weight().unique().numel()
+    assert used >= 400, used
+    old_step = 2 * layer.weight.abs().mean() / 255 ** 0.5
+    assert torch.clamp(layer.weight / old_step, -256, 255).round().unique().numel() < 128
+
+
+def test_warmup_runs_in_full_precision_and_averages_the_ranges():
+    layer = _gaussian_conv(AQDOptions(warmup_batches=3)).train()
+    xs = [torch.rand(2, 64, 5, 5) * scale for scale in (1.0, 2.0, 4.0)]
+    for i, x in enumerate(xs):
+        out = layer(x)
+        if i < 2:  # inside the warm-up: the plain conv
+            assert torch.equal(out, nn.functional.conv2d(x, layer.weight, padding=1))
+    expected = sum(float(x.abs().max()) for x in xs) / 3 / 511
+    assert float(layer.a_step.detach()) == pytest.approx(expected, rel=1e-6)
+    assert torch.allclose(layer.w_step, torch.full((64,), float(layer.weight.abs().max()) / 255))
+    assert not torch.equal(layer(xs[0]), nn.functional.conv2d(xs[0], layer.weight, padding=1))  # quantised now
 
 
 def test_fewer_bits_fewer_levels():
     strat, _ = tiny_strategy("aqd", tiny_bench(1), "aqd.bits=3", "aqd.full_precision_last=false")
     strat.prepare_task(0, 2)
     strat.model.train()
-    strat.model(torch.randn(4, 1, 12, 12))  # initialises the activation steps
+    for _ in range(20):  # the warm-up batches initialise the steps
+        strat.model(torch.randn(4, 1, 12, 12))
     strat.model.eval()
     layers = quant_layers(strat.model)
     assert isinstance(strat.model.fc, QuantMixin)
     for _, m in layers:
-        assert m.weight_q().detach().unique().numel() <= 8
+        assert m.weight_q().detach().unique().numel() <= 8 * m.w_step.numel()
+        assert m.int_weight().unique().numel() <= 8
 
 
 def test_bad_bits_is_a_config_error():
