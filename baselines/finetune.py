@@ -4,6 +4,7 @@ Each task stores its whole network in fp32 (the reference point for memory).
 """
 from __future__ import annotations
 
+from nws_avalanche import paper_memory as paper
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, set_head
@@ -36,3 +37,8 @@ class Finetune(TaskIncrementalStrategy):
         model = build_arch(header["arch"], header["num_classes"], self.assets.in_channels)
         model.load_state_dict(state)
         return model.eval()
+
+    def paper_bytes(self, t, directory) -> int:
+        """The whole network pickled (BatchNorm as modules, the rest as a state dict)."""
+        _, state, _ = load_state_artifact(self.task_file(directory, t, "dense"), "finetune-task")
+        return paper.bn_and_rest_bytes(state)

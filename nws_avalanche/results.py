@@ -20,6 +20,15 @@ def memory_mib(task_files: list[list[Path]], assist_files: list[Path]) -> dict:
                       "assist": [Path(p).name for p in assist_files]}}
 
 
+def paper_memory(per_task_bytes: list[int | None], assist_bytes: int) -> dict | None:
+    """The paper's accounting of the same content (``TaskIncrementalStrategy.paper_bytes``), or None."""
+    if not per_task_bytes or any(b is None for b in per_task_bytes):
+        return None
+    return {"per_task": [b / MIB for b in per_task_bytes], "assist": assist_bytes / MIB,
+            "total": (sum(per_task_bytes) + assist_bytes) / MIB,
+            "bytes": {"per_task": list(per_task_bytes), "assist": assist_bytes}}
+
+
 def build_results(cfg, task_names, acc, memory, summaries, train_seconds) -> dict:
     final = list(acc[-1])
     return {

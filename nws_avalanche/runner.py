@@ -31,7 +31,7 @@ from .config import RunConfig, check_device
 from .errors import ArtifactError, ConfigError
 from .methods import METHODS, load_all
 from .recovery import PROGRESS_NAME, artifact_digests, needs_rebuild, resume_point, write_progress
-from .results import build_results, memory_mib
+from .results import build_results, memory_mib, paper_memory
 from .runlock import run_folder_lock
 from .runstatus import error_tail, read_status, write_status
 from .training import evaluate
@@ -223,6 +223,9 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
         memory = memory_mib([[art / n for n in f] for f in state.task_files], strategy.assist_files(art))
         _notify(callbacks, t, acc, strategy, memory)
     memory = memory_mib([[art / n for n in f] for f in state.task_files], strategy.assist_files(art))
+    paper = paper_memory([strategy.paper_bytes(t, art) for t in range(T)], strategy.paper_assist_bytes(art))
+    if paper is not None:  # the same files counted as the NWS paper counted them
+        memory["paper"] = paper
     results = build_results(cfg, bench.task_names, acc, memory, state.summaries, state.train_seconds)
     results["artifact_sha256"] = dict(state.digests)
     if sweep:

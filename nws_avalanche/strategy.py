@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .artifact import load_nws_task, save_nws_task
+from . import paper_memory as paper
+from .artifact import load_nws_task, read_nws_task, save_nws_task
 from .config import method_options
 from .errors import ConfigError
 from .layers import nws_layers
@@ -109,6 +110,17 @@ class NWS(TaskIncrementalStrategy):
 
     def _indices(self) -> dict:
         return {name: m.indices.detach().cpu().to(torch.int32).clone() for name, m in nws_layers(self.model)}
+
+    def paper_bytes(self, t, directory) -> int:
+        """The authors' files: indices as int16 + LZMA, BatchNorm as pickled modules (+ any other state)."""
+        _, indices, state = read_nws_task(self.task_file(directory, t, "nwst"))
+        return paper.lzma_int16_bytes(list(indices.values())) + paper.bn_and_rest_bytes(state)
+
+    def paper_assist_bytes(self, directory) -> int:
+        """The authors' pool file: every layer's pool with its EMA buffers, pickled."""
+        from .pools import PoolSet
+
+        return paper.pools_with_ema_bytes(PoolSet.load(Path(directory) / "pools.nwsp").tables)
 
     def task_summary(self, t):
         counts = {name: np.bincount(m.indices.cpu().numpy(), minlength=m.pool_size).tolist()

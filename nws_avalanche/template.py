@@ -8,6 +8,8 @@ is the task-incremental contract the runner relies on:
 - ``export_task(t, dir)`` writes what task ``t`` really stores and returns the file(s);
 - ``rebuild_task(t, dir)`` rebuilds task ``t``'s model from those files alone;
 - ``assist_files(dir)`` lists what all tasks share (counted once in memory);
+- ``paper_bytes(t, dir)`` / ``paper_assist_bytes(dir)``: the same stored content counted the way
+  the NWS paper counted it (``nws_avalanche.paper_memory``), the second memory column;
 - ``checkpoint_state(t)`` / ``restore_checkpoint_state(state)`` save and restore the state after
   task ``t`` so an interrupted run resumes exactly (see ``nws_avalanche.checkpoint``). The default
   keeps the model's state_dict, the optimiser's, Avalanche's clock and the attributes named in
@@ -99,6 +101,13 @@ class TaskIncrementalStrategy(SupervisedTemplate):
         else:
             weight = previous.weight
         return resized_head(weight, num_classes, self.cfg.seed + t)
+
+    def paper_bytes(self, t: int, directory: Path) -> int | None:
+        """Task ``t``'s stored content in the paper's accounting; None: the method does not say."""
+        return None
+
+    def paper_assist_bytes(self, directory: Path) -> int:
+        return 0
 
     def task_summary(self, t: int) -> dict:
         """Method-specific per-task facts for results.json (e.g. NWS index counts)."""

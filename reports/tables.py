@@ -26,13 +26,16 @@ def runs_frame(results: list[dict]) -> pd.DataFrame:
     rows = []
     for r in results:
         mem = r["memory_mib"]
+        paper = mem.get("paper") or {}
         sweep = r.get("sweep") or {}
         rows.append({"benchmark": r["benchmark"], "method": r["method"],
                      **{k: str(sweep[k]) if k in sweep else "-" for k in keys}, "seed": r["seed"],
                      "average_accuracy": r["average_accuracy"],
                      **{f"acc_{i}": a for i, a in enumerate(r["final_accuracy"])},
                      "mib_per_task": sum(mem["per_task"]) / len(mem["per_task"]),
-                     "assist_mib": mem["assist"], "total_mib": mem["total"]})
+                     "assist_mib": mem["assist"], "total_mib": mem["total"],
+                     "paper_mib_per_task": (sum(paper["per_task"]) / len(paper["per_task"]) if paper else float("nan")),
+                     "paper_total_mib": paper.get("total", float("nan"))})
     return pd.DataFrame(rows)
 
 
@@ -50,7 +53,7 @@ def stats(df: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
 def _format(st: pd.DataFrame, keys: list[str], cols: list[str], digits: int, names: dict[str, str]) -> pd.DataFrame:
     out = st[keys].copy()
     for c in cols:
-        out[names.get(c, c)] = [f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
+        out[names.get(c, c)] = ["-" if pd.isna(m) else f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
                                 for m, s, n in zip(st[c], st[f"{c}_std"], st["seeds"])]
     out["seeds"] = st["seeds"]
     return out
@@ -65,8 +68,15 @@ def accuracy_stats(results: list[dict]) -> pd.DataFrame:
     return stats(df, keys, _task_cols(df) + ["average_accuracy"])
 
 
+MEMORY_COLS = ["mib_per_task", "assist_mib", "total_mib", "paper_mib_per_task", "paper_total_mib"]
+MEMORY_NAMES = {"mib_per_task": "per task (MiB)", "assist_mib": "assist (MiB)", "total_mib": "total (MiB)",
+                "paper_mib_per_task": "paper per task (MiB)", "paper_total_mib": "paper total (MiB)"}
+
+
 def memory_stats(results: list[dict]) -> pd.DataFrame:
-    return stats(runs_frame(results), group_keys(results), ["mib_per_task", "assist_mib", "total_mib"])
+    """Our files' sizes, and the same content in the NWS paper's accounting (``paper_*``; NaN for runs
+    written before it was recorded)."""
+    return stats(runs_frame(results), group_keys(results), MEMORY_COLS)
 
 
 def accuracy_table(results: list[dict]) -> pd.DataFrame:
@@ -78,11 +88,9 @@ def accuracy_table(results: list[dict]) -> pd.DataFrame:
 
 
 def memory_table(results: list[dict]) -> pd.DataFrame:
-    """Stored memory (MiB): mean per task, the shared assist files, total; mean ± std over seeds."""
-    keys = group_keys(results)
-    cols = ["mib_per_task", "assist_mib", "total_mib"]
-    names = {"mib_per_task": "per task (MiB)", "assist_mib": "assist (MiB)", "total_mib": "total (MiB)"}
-    return _format(memory_stats(results), keys, cols, 4, names)
+    """Stored memory (MiB): mean per task, the shared assist files, total, and the paper's accounting of
+    the same content (per task, total); mean ± std over seeds."""
+    return _format(memory_stats(results), group_keys(results), MEMORY_COLS, 4, MEMORY_NAMES)
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

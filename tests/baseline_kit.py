@@ -68,3 +68,13 @@ def assert_memory_is_files(results: dict, out: Path, method: str) -> None:
     assert mem["bytes"]["assist"] == sum((art / n).stat().st_size for n in mem["files"]["assist"])
     T = len(results["tasks"])
     assert all(results["accuracy_matrix"][T - 1][j] is not None for j in range(T))
+    assert_paper_memory(results)
+
+
+def assert_paper_memory(results: dict) -> None:
+    """The paper's accounting of the same content is recorded per task, with its assist and total."""
+    paper = results["memory_mib"]["paper"]
+    per_task, assist = paper["bytes"]["per_task"], paper["bytes"]["assist"]
+    assert len(per_task) == len(results["tasks"]) and all(b > 0 for b in per_task) and assist >= 0
+    assert paper["total"] == (sum(per_task) + assist) / float(1 << 20)
+    assert paper["per_task"] == [b / float(1 << 20) for b in per_task]

@@ -117,7 +117,7 @@ def test_warmup_runs_in_full_precision_and_averages_the_ranges():
             assert torch.equal(out, nn.functional.conv2d(x, layer.weight, padding=1))
     expected = sum(float(x.abs().max()) for x in xs) / 3 / 511
     assert float(layer.a_step.detach()) == pytest.approx(expected, rel=1e-6)
-    assert torch.allclose(layer.w_step, torch.full((64,), float(layer.weight.abs().max()) / 255))
+    assert torch.allclose(layer.w_step.detach(), torch.full((64,), float(layer.weight.detach().abs().max()) / 255))
     assert not torch.equal(layer(xs[0]), nn.functional.conv2d(xs[0], layer.weight, padding=1))  # quantised now
 
 

@@ -5,6 +5,7 @@ import torch
 
 from nws_avalanche.layers import nws_layers
 from nws_avalanche.training import evaluate
+from tests.baseline_kit import assert_paper_memory
 
 
 def test_results_json_schema(tiny_runs):
@@ -34,6 +35,7 @@ def test_memory_equals_bytes_on_disk(tiny_runs):
         assert per_task == mem["bytes"]["per_task"] and assist == mem["bytes"]["assist"]
         assert sum(files.values()) == sum(per_task) + assist  # nothing stored goes uncounted
         assert abs(mem["total"] - sum(files.values()) / 2**20) < 1e-12
+        assert_paper_memory(r)
 
 
 def test_nws_stores_far_less_than_finetune(tiny_runs):
