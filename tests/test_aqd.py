@@ -42,7 +42,7 @@ def test_quantised_weights_have_at_most_2_pow_bits_values(trained):
         assert w.unique().numel() <= 2 ** 9 * m.w_step.numel(), name
         assert m.w_step.shape == (m.weight.shape[0],)  # one step per output channel (the default)
         q = w / m._w_step().detach()
-        assert torch.allclose(q, q.round(), atol=1e-3) and q.min() >= -256 and q.max() <= 255, name
+        assert torch.allclose(q, q.round(), atol=1e-3) and q.round().min() >= -256 and q.round().max() <= 255, name
 
 
 def test_activations_have_at_most_2_pow_bits_levels(trained):
