@@ -144,3 +144,11 @@ def test_cli_run_memory_equals_files(tmp_path):
     res = cli_run("aqd", tmp_path)
     assert_memory_is_files(res, tmp_path, "aqd")
     assert res["memory_mib"]["files"]["assist"] == []
+
+
+def test_levels_used_per_layer_in_task_facts(trained):
+    strat, _, art, _ = trained
+    facts = strat.task_summary(T - 1)["levels_used"]
+    _, _, ints = strat.read_task(T - 1, art)
+    assert facts == {name: int(np.unique(q).size) for name, q in ints.items()}
+    assert all(1 < v <= 2 ** 9 for v in facts.values())
