@@ -10,11 +10,14 @@ learned step size, LSQ style (the LSQ path of the AQD code, GitHub ``aim-uofa/mo
              (signed activations, if a warm-up batch of the layer has negatives, use the weight range)
     steps:   weights one per output channel (``weight_steps=channel``, the reference's default
              ``quant_group``) or one per layer (``layer``); activations one per layer
-    training: rounding is straight-through; with ``grad_scale=lsq`` the gradient reaching s is
-              scaled by 1 / sqrt(n * Qp) (n: elements per step), ``none`` leaves it (the reference's default)
+    training: rounding is straight-through. The reference learns the clip value ``c = Qp * s`` with an
+              unscaled gradient (``grad_scale=none``, its default); learning s with its gradient scaled by
+              1 / Qp^2 gives the same SGD (momentum, Nesterov) trajectory, ``s_t = c_t / Qp`` (the default
+              here). ``grad_scale=lsq`` scales the gradient reaching s by 1 / sqrt(n * Qp) instead (n:
+              elements per step; the LSQ paper's rule)
 
 Step initialisation, as the reference's ``init_based_on_warmup``: the first ``warmup_batches``
-training batches of a task run in full precision while each layer averages ``max|w|`` (over the
+training batches of a task (all of them) run in full precision while each layer averages ``max|w|`` (over the
 whole layer, also for per-channel steps, as the reference does) and ``max|x|`` of its input; then
 ``s_w = mean max|w| / Qp`` and ``s_a = mean max|x| / Qp``, so the grid spans the range seen and
 (nearly) all ``2^b`` levels are in use. (The reference's weight grid is ``2^b`` levels spread
@@ -48,7 +51,7 @@ from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
 from .surgery import layers_of, replace_layers
 
 WEIGHT_STEPS = ("channel", "layer")
-GRAD_SCALES = ("lsq", "none")
+GRAD_SCALES = ("none", "lsq")
 
 
 @dataclass
@@ -58,7 +61,7 @@ class AQDOptions:
     full_precision_last: bool = True   # keep the head in fp32
     weight_steps: str = "channel"      # channel (reference default) | layer: one weight step per output channel or layer
     warmup_batches: int = 20           # full-precision batches whose ranges set the steps (reference: --stable 20)
-    grad_scale: str = "lsq"            # lsq: step gradient x 1/sqrt(n Qp) (LSQ paper) | none (reference default)
+    grad_scale: str = "none"           # none (reference default): the clip Qp*s learned unscaled | lsq: x 1/sqrt(n Qp)
     codec: str = DEFAULT_CODEC         # how the integer weights are stored (nws_avalanche.codecs)
 
     def __post_init__(self):  # checked by the runner before anything is written
@@ -150,9 +153,11 @@ class QuantMixin:
             self.seen.fill_(self.warmup)
 
     def _grad_scale(self, n: int, qp: int) -> float | None:
+        """The step's gradient factor: lsq 1/sqrt(n Qp); none (the reference) 1/Qp^2, because SGD on
+        ``s = c / Qp`` with that factor moves s exactly as the reference's SGD moves its clip ``c``."""
         if not self.training:
             return None
-        return 1.0 / (n * qp) ** 0.5 if self.grad_mode == "lsq" else 1.0
+        return 1.0 / (n * qp) ** 0.5 if self.grad_mode == "lsq" else 1.0 / qp ** 2
 
     def weight_q(self) -> torch.Tensor:
         qn, qp = self.w_range
@@ -171,10 +176,9 @@ class QuantMixin:
 
     def quantised_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(input, weight) for the forward: full precision during the warm-up, quantised after."""
-        if self.training and self.warming_up():
+        if self.training and self.warming_up():  # every warm-up batch in fp32, as the reference's `stable`
             self._observe(x)
-            if self.warming_up():
-                return x, self.weight
+            return x, self.weight
         elif not self.training:
             self.finish_warmup()
         return self.act_q(x), self.weight_q()

@@ -111,14 +111,45 @@ def test_most_weight_levels_used_after_init(weight_steps):
 def test_warmup_runs_in_full_precision_and_averages_the_ranges():
     layer = _gaussian_conv(AQDOptions(warmup_batches=3)).train()
     xs = [torch.rand(2, 64, 5, 5) * scale for scale in (1.0, 2.0, 4.0)]
-    for i, x in enumerate(xs):
-        out = layer(x)
-        if i < 2:  # inside the warm-up: the plain conv
-            assert torch.equal(out, nn.functional.conv2d(x, layer.weight, padding=1))
+    for x in xs:  # all three warm-up batches: the plain conv (the reference's `stable` iterations)
+        assert torch.equal(layer(x), nn.functional.conv2d(x, layer.weight, padding=1))
     expected = sum(float(x.abs().max()) for x in xs) / 3 / 511
     assert float(layer.a_step.detach()) == pytest.approx(expected, rel=1e-6)
     assert torch.allclose(layer.w_step.detach(), torch.full((64,), float(layer.weight.detach().abs().max()) / 255))
     assert not torch.equal(layer(xs[0]), nn.functional.conv2d(xs[0], layer.weight, padding=1))  # quantised now
+
+
+def test_default_step_training_equals_the_reference_clip_training_float64():
+    """The reference learns clip values c (``grad_scale`` none: gradient unscaled); ours learns s = c / Qp
+    with the gradient x 1/Qp^2. Restated independently in float64: SGD (momentum, Nesterov) on
+    (W, c_w, c_a) moves c exactly as ours moves Qp * s, step for step."""
+    torch.manual_seed(0)
+    layer = _gaussian_conv(AQDOptions(warmup_batches=1)).double().train()
+    assert layer.grad_mode == "none"
+    xs = [torch.rand(4, 64, 5, 5, dtype=torch.float64) for _ in range(6)]
+    layer(xs[0])  # warm-up: sets the steps
+    qpw, qpa = layer.w_range[1], layer.a_range[1]
+    W = layer.weight.detach().clone().requires_grad_()
+    cw = (layer.w_step.detach() * qpw).clone().requires_grad_()
+    ca = (layer.a_step.detach() * qpa).clone().requires_grad_()
+
+    def q_ref(x, c, qn, qp):  # s = c / Qp, rounding straight-through, plain autograd to c
+        s = c / qp
+        y = torch.clamp(x / s, qn, qp)
+        return ((y.round() - y).detach() + y) * s
+
+    sgd = dict(lr=0.05, momentum=0.9, nesterov=True)
+    ours, ref = torch.optim.SGD(layer.parameters(), **sgd), torch.optim.SGD([W, cw, ca], **sgd)
+    for x in xs[1:]:
+        ours.zero_grad(), ref.zero_grad()
+        layer(x).pow(2).mean().backward()
+        out = nn.functional.conv2d(q_ref(x, ca, 0, qpa), q_ref(W, cw.view(-1, 1, 1, 1), -qpw - 1, qpw), padding=1)
+        out.pow(2).mean().backward()
+        ours.step(), ref.step()
+        assert torch.allclose(layer.w_step.detach() * qpw, cw.detach(), rtol=1e-12, atol=0)
+        assert torch.allclose(layer.a_step.detach() * qpa, ca.detach(), rtol=1e-12, atol=0)
+        assert torch.allclose(layer.weight.detach(), W.detach(), rtol=1e-12, atol=1e-15)
+    assert not torch.allclose(cw.detach(), layer.w_clip.double().expand_as(cw))  # the clips did move
 
 
 def test_fewer_bits_fewer_levels():
