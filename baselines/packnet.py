@@ -9,7 +9,7 @@ Every conv weight has an owner: 0 = free, ``t + 1`` = task ``t``. For task ``t``
    ``do_weight_decay_and_make_grads_zero``) the optimiser's own decay is off and decay is added
    by hand to the current task's conv weights only: BatchNorm and the head get none;
 2. ``prune_ratio`` of the task's weights in each layer, the smallest by magnitude, are freed
-   and zeroed (one shot);
+   and zeroed (one shot); as in CPG every weight tied with the cutoff magnitude goes too;
 3. the survivors are retrained for ``retrain_epochs`` at ``lr * retrain_lr_scale`` (a second
    Avalanche ``train`` pass over the same experience), the lr dropping x0.1 once at
    ``round(retrain_decay_at * retrain_epochs)`` (CPG ``packnet_cifar100_main_normal.py``: 30
@@ -169,7 +169,8 @@ class PackNet(TaskIncrementalStrategy):
         return [at] if 0 < at < self.retrain_epochs else []
 
     def prune_current(self) -> None:
-        """Free ``prune_ratio`` of the current task's weights per layer, smallest magnitude first."""
+        """Free the current task's weights per layer with ``|w| <=`` the ``round(prune_ratio * n)``-th
+        smallest magnitude, as CPG's ``_pruning_mask``: ``prune_ratio`` of them, more on ties at the cutoff."""
         with torch.no_grad():
             for _, m in self.owned_layers():
                 mine = (m.owner == self.current).flatten().nonzero().squeeze(1)
@@ -177,7 +178,7 @@ class PackNet(TaskIncrementalStrategy):
                 if k == 0:
                     continue
                 mags = m.weight.detach().flatten()[mine].abs()
-                drop = mine[torch.argsort(mags, stable=True)[:k]]
+                drop = mine[mags <= mags.kthvalue(k).values]
                 m.owner.view(-1)[drop] = 0
                 m.weight.view(-1)[drop] = 0.0
 

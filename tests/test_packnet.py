@@ -97,6 +97,31 @@ class _LR(SupervisedPlugin):
         self.lrs[strategy.phase].append(strategy.optimizer.param_groups[0]["lr"])
 
 
+def test_pruning_removes_every_weight_tied_at_the_cutoff():
+    """CPG's _pruning_mask: all current weights with |w| <= the round(0.6 n)-th smallest go, ties included
+    (here 70 % exact zeros: all of them go, not 60 %); older tasks' weights are never touched."""
+    strat, _ = tiny_strategy("packnet", tiny_bench(2))
+    strat.prepare_task(0, 2)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, m in strat.owned_layers():
+            w = torch.randn(m.weight.shape, generator=gen)
+            w.view(-1)[torch.randperm(w.numel(), generator=gen)[: int(0.7 * w.numel())]] = 0.0
+            m.weight.copy_(w)
+            m.owner.view(-1)[::5] = 7  # another task's weights, some of them zero too
+    before = {n: (m.weight.detach().clone(), m.owner.clone()) for n, m in strat.owned_layers()}
+    strat.prune_current()
+    for name, m in strat.owned_layers():
+        w, owner = before[name]
+        mine = owner == strat.current
+        mags = sorted(float(v) for v in w[mine].abs())
+        cutoff = mags[round(0.6 * len(mags)) - 1]  # brute force of the reference rule
+        expected = mine & (w.abs() <= cutoff)
+        assert torch.equal(m.owner == 0, expected), name
+        assert int(expected.sum()) > round(0.6 * int(mine.sum()))  # the ties went too
+        assert torch.equal(m.owner[owner == 7], owner[owner == 7])
+
+
 @pytest.mark.parametrize("retrain, drop_after", [(6, 5), (30, 25), (2, 2), (1, 1)])
 def test_retraining_lr_drops_at_25_of_30_scaled(retrain, drop_after):
     strat, _ = tiny_strategy("packnet", tiny_bench(1), "lr=0.1", "epochs=2", "milestones=[1]",
