@@ -18,8 +18,9 @@ pretrained network's own function.
 
 Against the authors' ``pretrain_KP.py``. Same: SGD (lr 0.01, momentum 0.9, Nesterov, weight
 decay 4e-5), the EMA formula, statistics from the forward pass's assignment applied after the
-step (``--ema-stats forward``), the LR x0.1 once at 100/160 of the epochs (``--schedule
-multistep``; ``cosine`` is the option). Deliberately different, fixing their defects:
+step (``--ema-stats forward``), the LR schedule of their SGD branch (``--schedule multistep``:
+x0.1 at epoch 100 when there are 160 epochs, their paper setting, else at ``int(0.5 E)`` and
+``int(0.8 E)``; ``cosine`` is the option). Deliberately different, fixing their defects:
 - the commitment term is really in the loss (theirs sums an attribute of a class the ResNet
   layers are not instances of, so it is zero for ResNets);
 - dead pool entries are revived (``--revive-fraction``; theirs never are, unused entries stay);
@@ -89,7 +90,7 @@ class PretrainConfig:
     eps: float = 1e-5
     revive_fraction: float = 0.03
     ema_stats: str = "forward"     # forward (the authors': the forward pass's assignment) | post_step
-    schedule: str = "multistep"    # multistep (x0.1 once, at 100/160 of the epochs, the authors') | cosine
+    schedule: str = "multistep"    # multistep (the authors': x0.1 at 100 of 160 epochs, else at 50 % and 80 %) | cosine
     init: str | None = None        # torchvision-format state_dict to start from (default: kaiming)
     amp: str = "off"               # off | bf16 | fp16
     workers: int = 4
@@ -233,15 +234,18 @@ def build_nws_model(cfg: PretrainConfig, num_classes: int) -> tuple[nn.Module, d
     return model, gs
 
 
-def lr_milestone(epochs: int) -> int:
-    """The authors' single LR drop: epoch 100 of 160, scaled to ``epochs``."""
-    return max(1, round(epochs * 100 / 160))
+def lr_milestones(epochs: int) -> list[int]:
+    """The authors' LR drops (``pretrain_KP.py``, SGD): [100] for 160 epochs, else ``int(0.5 E)`` and
+    ``int(0.8 E)`` (a drop before epoch 1, in runs under 2 epochs, is left out)."""
+    if epochs == 160:
+        return [100]
+    return [m for m in (int(0.5 * epochs), int(0.8 * epochs)) if m >= 1]
 
 
 def lr_schedule(cfg: PretrainConfig, opt: torch.optim.Optimizer):
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
-    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[lr_milestone(cfg.epochs)], gamma=0.1)
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=lr_milestones(cfg.epochs), gamma=0.1)
 
 
 def quantised_state(model: nn.Module, arch: str, num_classes: int) -> dict[str, torch.Tensor]:

@@ -70,9 +70,11 @@ def test_statistics_come_from_the_forward_pass_or_after_the_step(stats):
 
 
 def test_pretraining_lr_drops_once_at_100_of_160_epochs():
-    from nws_avalanche.pretrain import PretrainConfig, lr_milestone, lr_schedule
+    """The authors' pretrain_KP.py (SGD): MILESTONES = [100] when epochs == 160, else int(0.5 E), int(0.8 E)."""
+    from nws_avalanche.pretrain import PretrainConfig, lr_milestones, lr_schedule
 
-    assert lr_milestone(160) == 100 and lr_milestone(16) == 10 and lr_milestone(1) == 1
+    assert lr_milestones(160) == [100] and lr_milestones(16) == [8, 12] and lr_milestones(100) == [50, 80]
+    assert lr_milestones(7) == [3, 5] and lr_milestones(1) == []
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
     sched = lr_schedule(PretrainConfig(epochs=160), opt)
     lrs = []

@@ -16,7 +16,7 @@ _HELP = {
     "stop_after": "stop after N epochs in this invocation; rerun to continue",
     "amp": "mixed precision: off | bf16 | fp16 (distances and EMA stay float32)",
     "ema_stats": "EMA statistics from: forward (the forward pass's assignment, the authors') | post_step",
-    "schedule": "LR: multistep (x0.1 at 100/160 of the epochs, the authors') | cosine",
+    "schedule": "LR: multistep (the authors': x0.1 at epoch 100 of 160, else at 50 % and 80 % of the epochs) | cosine",
 }
 
 
