@@ -4,7 +4,8 @@
 - at each new task (from the second on): initialises the temporary kernels (``previous``: the
   previous task's rebuilt kernels and BN; ``pretrained``: the pretrained network's; ``random``:
   fresh kaiming kernels (fan-out), the head's too, while BatchNorm stays the previous task's, as
-  the authors' ``initial_conv`` does: the appendix's NWS-random) and restarts the searches;
+  the authors' ``initial_conv`` does: the appendix's NWS-random; a task with another class count
+  gets ``random_head``, drawn over its own C) and restarts the searches;
 - before backward: adds ``beta * sum_l commitment_l`` to the loss;
 - after each task: a final search fixes the indices that the task stores.
 Pools are buffers and never reach the optimiser.
@@ -79,3 +80,13 @@ def init_temporary_kernels(model: nn.Module, init: str, pretrained_state=None, s
             fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
             m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_out) ** 0.5)
         # BatchNorm is left as the previous task trained it (the authors re-draw only the kernels)
+
+
+def random_head(in_features: int, num_classes: int, seed: int) -> nn.Linear:
+    """NWS-random's head for a task with another class count: the authors resize the previous head
+    and then ``initial_conv`` re-draws all of it, kaiming-normal with fan-out = ``num_classes``."""
+    gen = torch.Generator().manual_seed(seed)
+    head = nn.Linear(in_features, num_classes, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(num_classes, in_features, generator=gen) * (2.0 / num_classes) ** 0.5)
+    return head

@@ -20,7 +20,7 @@ from .layers import nws_layers
 from .methods import METHODS
 from .models import build_arch, get_head, set_head
 from .nwsify import make_nws_layer, nwsify
-from .plugin import INITS, NWSPlugin
+from .plugin import INITS, NWSPlugin, random_head
 from .pools import PoolSet
 from .codecs import CODECS, DEFAULT_CODEC
 from .search import DEFAULT_SEARCH, SEARCHES
@@ -70,7 +70,10 @@ class NWS(TaskIncrementalStrategy):
         fresh = self.cfg.head_init == "fresh" and self.opts.init != "previous"
         if carried is not None and not fresh and head.weight.shape[0] == num_classes:
             return
-        new = self.task_head(t, num_classes, carried)
+        if self.opts.init == "random" and self.opts.include_head and not fresh:
+            new = random_head(head.weight.reshape(head.weight.shape[0], -1).shape[1], num_classes, self.cfg.seed + t)
+        else:
+            new = self.task_head(t, num_classes, carried)
         if self.opts.include_head:
             new = make_nws_layer(new, self.pools.tables[self._head_name()], search_factory=self.search_factory)
         set_head(self.model, new)

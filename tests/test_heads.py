@@ -82,6 +82,26 @@ def test_head_init_fresh_draws_new_heads(method):
         assert torch.equal(_rows(get_head(strategy.model)), fresh_head(dim, 3, strategy.cfg.seed + 1).weight)
 
 
+@pytest.mark.parametrize("classes", [3, 2, 60])
+def test_nws_random_head_is_redrawn_kaiming_fan_out_over_the_new_class_count(classes):
+    """The authors' NWS-random: reset_last_layer (resize), then initial_conv re-draws every NWS layer,
+    the head too, kaiming-normal fan-out: std sqrt(2 / C) with the new C, no row kept."""
+    from nws_avalanche.plugin import init_temporary_kernels, random_head
+
+    strategy, pre = _strategy("nws", [3, classes], "nws.init=random")
+    init_temporary_kernels(strategy.model, "random", seed=7)  # what the plugin does before prepare_task
+    drawn = _rows(get_head(strategy.model)).clone()
+    strategy.prepare_task(1, classes)
+    head = _rows(get_head(strategy.model))
+    assert head.shape == (classes, drawn.shape[1])
+    if classes == 3:  # same count: the plugin's draw (fan-out 3) stands
+        assert torch.equal(head, drawn)
+    else:
+        assert torch.equal(head, random_head(drawn.shape[1], classes, strategy.cfg.seed + 1).weight)
+    if classes == 60:  # 60 x 32 draws
+        assert abs(float(head.std()) / (2 / classes) ** 0.5 - 1) < 0.1
+
+
 def test_nws_pretrained_init_restarts_its_head_from_the_pretrained_one():
     strategy, pre = _strategy("nws", [3, 3], "nws.init=pretrained")
     with torch.no_grad():
