@@ -20,7 +20,10 @@ same ``m``) the soft part is 0 here instead of NaN. Masks and BatchNorm train wi
 ``mask_lr`` = 2e-4 and no weight decay (the reference's ``optimizer_masks`` over
 ``model.shared``); the head keeps the run's common optimiser settings (the NWS paper shares
 them across methods; the reference trains it with Adam at 2e-4). The run's LR schedule applies
-to both (the reference uses a per-iteration cosine schedule). Each task starts from the
+to both (the paper shares the scheduler too); ``schedule=cosine`` gives both the reference's
+per-iteration cosine instead (``utils.step_lr_cos``, epochs counted from 1 as its loop does):
+``lr = base * (1 + cos(pi * (i + e * N) / (E * N))) / 2``, ``i`` the iteration in epoch ``e``,
+``N`` iterations per epoch, ``E`` the run's epochs (the reference's 30). Each task starts from the
 pretrained BatchNorm and ``m = mask_init``, as each reference run starts from the pretrained net.
 
 Stored: ``ksm.backbone`` once (assist: every frozen conv weight, fp32) and per task
@@ -30,6 +33,7 @@ what rebuilding ``W * M`` needs; plus the task's BatchNorm state and head.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +56,7 @@ from .chained_optim import ChainedOptimizer
 from .surgery import bn_state, layers_of, replace_layers
 
 BACKBONE_FILE = "ksm.backbone"
+SCHEDULES = ("common", "cosine")
 
 
 @dataclass
@@ -62,8 +67,11 @@ class KSMOptions:
     beta: float = 1200.0       # reference: self.Beta
     temperature: float = 100.0  # reference: self.temperature; the straight-through slope is beta / temperature
     codec: str = DEFAULT_CODEC  # how the binary masks are stored (nws_avalanche.codecs)
+    schedule: str = "common"    # common: the run's milestones | cosine: the reference's per-iteration cosine
 
     def __post_init__(self):  # checked by the runner before anything is written
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"ksm.schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
         if self.temperature <= 0 or self.beta <= 0:
             raise ConfigError(f"ksm.beta and ksm.temperature must be > 0 (got {self.beta}, {self.temperature}); "
                               f"the reference uses 1200 and 100")
@@ -88,6 +96,11 @@ def soft_part(m: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
     lo, hi = a.min(), a.max()
     span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))  # the reference divides 0 by 0 here
     return 0.5 * torch.where(a != 0, (a - lo) / span, a)
+
+
+def reference_cosine_lr(base: float, epoch: int, iteration: int, num_iter: int, epochs: int) -> float:
+    """The reference's ``utils.step_lr_cos``; ``epoch`` counts from 1, as its training loop passes it."""
+    return base * (1 + math.cos(math.pi * (iteration + epoch * num_iter) / (epochs * num_iter))) * 0.5
 
 
 def kernel_multiplier(m: torch.Tensor, opts: KSMOptions, training: bool) -> torch.Tensor:
@@ -161,6 +174,14 @@ class KSM(TaskIncrementalStrategy):
         head = build_optimizer(self.cfg, rest) if rest else None
         self.optimizer = ChainedOptimizer([masks_bn, head])
         self.optimized_param_id = {}
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+
+    def optimizer_step(self):
+        if self.opts.schedule == "cosine":  # overrides the epoch schedule's lr at every step
+            epoch, i = self.clock.train_exp_epochs + 1, self.clock.train_epoch_iterations
+            for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+                g["lr"] = reference_cosine_lr(base, epoch, i, len(self.dataloader), self.train_epochs)
+        self.optimizer.step()
 
     # -- storage ----------------------------------------------------------------------------
     def _write_backbone(self, directory: Path) -> Path:

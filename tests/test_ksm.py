@@ -1,6 +1,8 @@
 """KSM (issue 16): the official layer's formula, masks that move, what is stored, memory."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -131,6 +133,33 @@ def test_masks_and_batchnorm_by_adam_head_by_the_common_optimiser():
     assert {id(p) for p in adam.param_groups[0]["params"]} == masks | bn
     assert isinstance(head, torch.optim.SGD) and head.param_groups[0]["lr"] == 0.05
     assert [id(p) for g in head.param_groups for p in g["params"]] == [id(strat.model.fc.weight)]
+
+
+def test_cosine_schedule_is_the_references_step_lr_cos():
+    """ksm.schedule=cosine: every step's lr of masks/BN and head is base (1 + cos(pi (i + e N) / (E N))) / 2
+    with e counted from 1 (utils.step_lr_cos as the reference's loop calls it), restated here."""
+    from avalanche.core import SupervisedPlugin
+
+    class Record(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.lrs = []
+
+        def after_update(self, strategy, **kw):
+            self.lrs.append([g["lr"] for g in strategy.optimizer.param_groups])
+            self.n = len(strategy.dataloader)
+
+    strat, scenario = tiny_strategy("ksm", tiny_bench(1), "ksm.schedule=cosine", "epochs=3", "lr=0.05",
+                                    "milestones=[1]")
+    rec = Record()
+    strat.plugins.append(rec)
+    strat.train(scenario.train_stream[0])
+    n = rec.n
+    assert n >= 2 and len(rec.lrs) == 3 * n
+    for step, lrs in enumerate(rec.lrs):
+        e, i = step // n + 1, step % n
+        want = [base * (1 + math.cos(math.pi * (i + e * n) / (3 * n))) / 2 for base in (2e-4, 0.05)]
+        assert len(lrs) == 2 and all(abs(a - b) <= 1e-15 for a, b in zip(lrs, want)), (step, lrs, want)
 
 
 def test_cli_run_memory_equals_files(tmp_path):
