@@ -90,6 +90,7 @@ class PretrainConfig:
     eps: float = 1e-5
     revive_fraction: float = 0.03
     ema_stats: str = "forward"     # forward (the authors': the forward pass's assignment) | post_step
+    ema_prior: str = "uniform"     # initial EMA state: uniform (N = n/K, m = N P) | zero (the authors')
     schedule: str = "multistep"    # multistep (the authors': x0.1 at 100 of 160 epochs, else at 50 % and 80 %) | cosine
     init: str | None = None        # torchvision-format state_dict to start from (default: kaiming)
     amp: str = "off"               # off | bf16 | fp16
@@ -115,6 +116,8 @@ class PretrainConfig:
                   (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16 (got {self.amp!r})"),
                   (self.ema_stats in ("forward", "post_step"),
                    f"ema stats must be forward or post_step (got {self.ema_stats!r})"),
+                  (self.ema_prior in ("uniform", "zero"),
+                   f"ema prior must be uniform or zero (got {self.ema_prior!r})"),
                   (self.schedule in ("multistep", "cosine"),
                    f"schedule must be multistep or cosine (got {self.schedule!r})")]
         for ok, msg in checks:
@@ -311,7 +314,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                           f"(got --image-size {cfg.image_size})")
     if d.world > 1:  # before the optimiser is built: conversion creates new BN parameters
         model = convert_bn(model, device_type)
-    ema = PoolEMA(model, EMAConfig(cfg.decay, cfg.eps, cfg.revive_fraction, cfg.ema_stats))
+    ema = PoolEMA(model, EMAConfig(cfg.decay, cfg.eps, cfg.revive_fraction, cfg.ema_stats, cfg.ema_prior))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                           weight_decay=cfg.weight_decay)

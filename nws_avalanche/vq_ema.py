@@ -16,6 +16,11 @@ Which assignment gives ``n_k`` and ``s_k`` (``EMAConfig.stats``):
   ``update()`` after the step. No second search.
 - ``post_step``: the kernels after the optimiser step, searched again in ``update()``.
 
+Initial state (``EMAConfig.prior``): ``uniform`` (default) ``N_k = n / K``, ``m_k = N_k * P_k``, so
+the first updates move every entry only by its own statistics; ``zero`` is the authors'
+(``Quantize.__init__``: ``cluster_size`` 0, ``embed_avg`` = the pool), under which the first
+update divides an entry no kernel chose by about ``eps``: its vector jumps ~``1/eps`` times away
+and stays unused for hundreds of steps (their code never revives it).
 ``update()`` without a training forward pass since the last one (e.g. called by hand) uses the
 current kernels and their current assignment.
 
@@ -50,6 +55,7 @@ from .search import nearest
 
 
 STATS = ("forward", "post_step")
+PRIORS = ("uniform", "zero")
 
 
 @dataclass
@@ -58,10 +64,13 @@ class EMAConfig:
     eps: float = 1e-5
     revive_fraction: float = 0.03  # dead: N_k < revive_fraction * n / K; 0 disables revival
     stats: str = "forward"         # forward (the authors') | post_step
+    prior: str = "uniform"         # initial EMA state: uniform (N = n/K, m = N P) | zero (the authors': N = 0, m = P)
 
     def __post_init__(self):
         if self.stats not in STATS:
             raise ValueError(f"stats must be one of {STATS}, got {self.stats!r}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {self.decay}")
         if self.eps <= 0:
@@ -102,6 +111,9 @@ class PoolEMA:
         self.stats: dict[str, LayerStats] = {}
         for name, m in self.layers:
             pool = m.pool.detach().float()
+            if self.cfg.prior == "zero":  # the authors': cluster_size = 0, embed_avg = the pool
+                self.stats[name] = LayerStats(torch.zeros(m.pool_size, device=pool.device), pool.clone())
+                continue
             start = m.num_vectors / m.pool_size  # uniform prior: makes the first P equal to the pool
             N = torch.full((m.pool_size,), start, device=pool.device)
             self.stats[name] = LayerStats(N, pool * start)

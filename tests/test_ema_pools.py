@@ -42,6 +42,24 @@ def test_update_matches_formula_by_hand():
     assert layer.search(torch.tensor([[P1 - 0.01]])).item() == 1
 
 
+def test_zero_prior_is_the_authors_initial_state_float64():
+    """prior=zero restates Quantize.__init__/update: cluster_size 0, embed_avg = the pool, so the first
+    update divides an entry nobody chose by ~eps (here entry 0 jumps ~1e5 x away)."""
+    model, layer = one_layer([1.0, 10.0, 3.0], [2.5, 3.5, 9.0])
+    decay, eps = 0.99, 1e-5
+    ema = PoolEMA(model, EMAConfig(decay=decay, eps=eps, revive_fraction=0.0, prior="zero"))
+    ema.update()  # kernels 2.5, 3.5 -> entry 2 (pool 3), kernel 9 -> entry 1 (pool 10), entry 0 unused
+    f64 = dict(dtype=torch.float64)
+    cluster = torch.zeros(3, **f64) * decay + (1 - decay) * torch.tensor([0.0, 1.0, 2.0], **f64)
+    avg = torch.tensor([1.0, 10.0, 3.0], **f64) * decay + (1 - decay) * torch.tensor([0.0, 9.0, 6.0], **f64)
+    n = cluster.sum()
+    want = avg / ((cluster + eps) / (n + 3 * eps) * n)
+    torch.testing.assert_close(layer.pool.flatten().double(), want, rtol=1e-5, atol=0)
+    assert float(layer.pool.flatten()[0]) > 1e4  # 0.99 * 1 / (~1e-5): the authors' jump
+    with pytest.raises(ValueError, match="prior"):
+        EMAConfig(prior="none")
+
+
 @pytest.mark.parametrize("stats", ["forward", "post_step"])
 def test_statistics_come_from_the_forward_pass_or_after_the_step(stats):
     """forward (the authors'): the kernels and assignment of the forward pass, accumulated over the

@@ -16,6 +16,7 @@ _HELP = {
     "stop_after": "stop after N epochs in this invocation; rerun to continue",
     "amp": "mixed precision: off | bf16 | fp16 (distances and EMA stay float32)",
     "ema_stats": "EMA statistics from: forward (the forward pass's assignment, the authors') | post_step",
+    "ema_prior": "initial EMA state: uniform (N = n/K, m = N P) | zero (the authors': N = 0, m = P)",
     "schedule": "LR: multistep (the authors': x0.1 at epoch 100 of 160, else at 50 % and 80 % of the epochs) | cosine",
 }
 
