@@ -42,11 +42,10 @@ import torch.nn.functional as F
 from nws_avalanche import paper_memory as paper
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.codecs import CODECS, DEFAULT_CODEC, decode_ints, encode_ints
-from nws_avalanche.config import method_options
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, get_head, head_name, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
+from nws_avalanche.template import TaskIncrementalStrategy, state_copy
 
 from .surgery import layers_of, replace_layers
 
@@ -238,12 +237,12 @@ class AQD(TaskIncrementalStrategy):
     name = "aqd"
     Options = AQDOptions
 
-    def __init__(self, *, cfg, assets, task_classes, progress=None):
-        opts = method_options(cfg, "aqd", AQDOptions)
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
+    def __init__(self, model, optimizer, criterion=None, *, options: AQDOptions | None = None,
+                 pretrained_state=None, **kw):
+        opts = options or AQDOptions()
+        pretrained_state = pretrained_state if pretrained_state is not None else state_copy(model)
         quantize_model(model, opts)
-        super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, options=opts,
-                         progress=progress)
+        super().__init__(model, optimizer, criterion, options=opts, pretrained_state=pretrained_state, **kw)
 
     def prepare_task(self, t, num_classes):
         if t > 0:  # an independent network per task: back to the pretrained weights

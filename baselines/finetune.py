@@ -8,16 +8,15 @@ from nws_avalanche import paper_memory as paper
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
+from nws_avalanche.template import TaskIncrementalStrategy
 
 
 @METHODS.register("finetune")
 class Finetune(TaskIncrementalStrategy):
     name = "finetune"
 
-    def __init__(self, *, cfg, assets, task_classes, progress=None):
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
-        super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, progress=progress)
+    def __init__(self, model, optimizer, criterion=None, **kw):
+        super().__init__(model, optimizer, criterion, **kw)
 
     def prepare_task(self, t, num_classes):
         if t == 0:

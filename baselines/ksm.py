@@ -44,12 +44,11 @@ import torch.nn as nn
 from nws_avalanche import paper_memory as paper
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.codecs import CODECS, DEFAULT_CODEC, decode_ints, encode_ints
-from nws_avalanche.config import method_options
 from nws_avalanche.container import pack_state, read_container, unpack_state, write_container
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
+from nws_avalanche.template import TaskIncrementalStrategy, state_copy
 from nws_avalanche.training import build_optimizer
 
 from .chained_optim import ChainedOptimizer
@@ -145,12 +144,12 @@ class KSM(TaskIncrementalStrategy):
     name = "ksm"
     Options = KSMOptions
 
-    def __init__(self, *, cfg, assets, task_classes, progress=None):
-        opts = method_options(cfg, "ksm", KSMOptions)
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
+    def __init__(self, model, optimizer, criterion=None, *, options: KSMOptions | None = None,
+                 pretrained_state=None, **kw):
+        opts = options or KSMOptions()
+        pretrained_state = pretrained_state if pretrained_state is not None else state_copy(model)
         replace_layers(model, nn.Conv2d, lambda name, conv: KSMConv2d(conv, opts))
-        super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, options=opts,
-                         progress=progress)
+        super().__init__(model, optimizer, criterion, options=opts, pretrained_state=pretrained_state, **kw)
 
     def mask_layers(self) -> list[tuple[str, KSMConv2d]]:
         return list(layers_of(self.model, KSMConv2d))
@@ -256,6 +255,8 @@ class KSM(TaskIncrementalStrategy):
     def assist_files(self, directory):
         return [Path(directory) / BACKBONE_FILE]
 
+    def shared_state_keys(self):  # the frozen backbone; per task: masks, BatchNorm, head
+        return {f"{n}.{leaf}" for n, _ in self.mask_layers() for leaf in ("weight", "bias")}
     # -- the paper's accounting (nws_avalanche.paper_memory) -----------------------------------
     def paper_bytes(self, t, directory) -> int:
         """uint8 mask per kernel + the dropped kernels' multipliers + pickled BatchNorm + head."""

@@ -43,12 +43,11 @@ import torch.nn as nn
 from nws_avalanche import paper_memory as paper
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.codecs import CODECS, DEFAULT_CODEC, decode_ints, encode_ints
-from nws_avalanche.config import method_options
 from nws_avalanche.container import read_container, write_container
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, get_head, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
+from nws_avalanche.template import TaskIncrementalStrategy, state_copy
 from nws_avalanche.training import EpochLRSchedule, build_optimizer
 
 from .surgery import bn_state, layers_of, replace_layers
@@ -112,18 +111,19 @@ class PackNet(TaskIncrementalStrategy):
     name = "packnet"
     Options = PackNetOptions
 
-    def __init__(self, *, cfg, assets, task_classes, progress=None):
-        opts = method_options(cfg, "packnet", PackNetOptions)
+    def __init__(self, model, optimizer, criterion=None, *, task_classes, options: PackNetOptions | None = None,
+                 pretrained_state=None, train_epochs: int = 1, **kw):
+        opts = options or PackNetOptions()
         if len(task_classes) >= 255:
             raise ConfigError(f"packnet keeps owner ids in 8 bits: at most 254 tasks (got {len(task_classes)})")
         self.retrain_epochs = (opts.retrain_epochs if opts.retrain_epochs is not None
-                               else math.ceil(0.3 * cfg.epochs))
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
+                               else math.ceil(0.3 * train_epochs))
+        pretrained_state = pretrained_state if pretrained_state is not None else state_copy(model)
         replace_layers(model, nn.Conv2d, lambda name, conv: OwnedConv2d(conv))
         self.phase = "train"
         self.current = 0  # owner id of the task being trained
-        super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, options=opts,
-                         progress=progress)
+        super().__init__(model, optimizer, criterion, task_classes=task_classes, options=opts,
+                         pretrained_state=pretrained_state, train_epochs=train_epochs, **kw)
 
     # -- training ---------------------------------------------------------------------------
     def owned_layers(self) -> list[tuple[str, OwnedConv2d]]:
@@ -269,6 +269,16 @@ class PackNet(TaskIncrementalStrategy):
     def assist_files(self, directory):
         return [Path(directory) / BACKBONE_FILE]
 
+    # per-task state for Avalanche's evaluation: the backbone is shared, each task sees owners <= t + 1
+    def shared_state_keys(self):
+        return {f"{n}.{leaf}" for n, _ in self.owned_layers() for leaf in ("weight", "owner")}
+
+    def task_extra(self):
+        return self.current
+
+    def load_task_extra(self, view):
+        for _, m in self.owned_layers():
+            m.view = view
     # -- the paper's accounting (nws_avalanche.paper_memory) -----------------------------------
     def paper_bytes(self, t, directory) -> int:
         """CPG's ``shared_layer_info`` entry of the task: its BatchNorm, biases and head, pickled."""

@@ -36,6 +36,9 @@ def _nws_owned_keys(model: nn.Module) -> set[str]:
 def save_nws_task(path, model: nn.Module, *, task: int, arch: str, num_classes: int,
                   pool_fingerprint: str, pool_digest: str, codec: str = "bitpack",
                   extra: dict | None = None) -> Path:
+    """Write task ``task``'s artifact from ``model`` (its NWS layers' current indices, coded with
+    ``codec``, and every other state_dict entry); ``pool_fingerprint``/``pool_digest`` come from
+    the ``PoolSet`` (``pools.fingerprint``, ``pools.digest``) and tie the file to those pools."""
     coder = get_codec(codec)
     blobs, layers = {}, []
     for name, m in nws_layers(model):
@@ -54,6 +57,7 @@ def save_nws_task(path, model: nn.Module, *, task: int, arch: str, num_classes: 
 
 
 def read_nws_task(path) -> tuple[dict, dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """(header, decoded indices per layer, the other state entries) of a task artifact."""
     header, blobs = read_container(path)
     if header.get("kind") != "nws-task":
         raise ArtifactError(f"{path}: not an NWS task artifact (kind={header.get('kind')!r})")

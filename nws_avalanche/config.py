@@ -63,6 +63,7 @@ class RunConfig:
     benchmark_options: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     wandb: dict[str, Any] = field(default_factory=dict)  # mode, project, entity, dir (nws_avalanche.wandb_log)
+    loggers: list[str] = field(default_factory=list)  # Avalanche loggers: interactive, text, csv, tensorboard, wandb
     slurm: dict[str, Any] = field(default_factory=dict)  # partition, time_min, ... (nws_avalanche.launch)
 
     def validate(self) -> "RunConfig":
@@ -93,6 +94,9 @@ class RunConfig:
              f"device must be cpu, cuda or cuda:N (got {self.device!r})")
         for name in ("benchmark_options", "method_options", "wandb", "slurm"):
             need(isinstance(getattr(self, name), dict), f"{name} must be a mapping of key: value")
+        from .loggers import check_logger_names
+
+        check_logger_names(self.loggers)
         return self
 
     def options(self, method: str | None = None) -> dict[str, Any]:

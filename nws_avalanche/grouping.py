@@ -19,7 +19,7 @@ def group_sizes_for(model: nn.Module, group_size: int) -> dict[str, int]:
         return {}
     out = {}
     for name, m in convertible_layers(model, include_head=False):
-        if isinstance(m, NWSLinear) or tuple(m.kernel_size) != (1, 1):
+        if isinstance(m, (NWSLinear, nn.Linear)) or tuple(m.kernel_size) != (1, 1):
             continue
         cin = m.in_channels // m.groups
         if cin == 1:

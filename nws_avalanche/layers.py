@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import kernels
-from .search import ExactSearch
+from .search import IncrementalSearch
 
 SearchFactory = Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
@@ -60,7 +60,8 @@ class NWSConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, pool: torch.Tensor,
                  stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = False,
-                 group_size: int = 1, search_factory: SearchFactory | None = None):
+                 group_size: int = 1, search_factory: SearchFactory | None = None,
+                 padding_mode: str = "zeros"):
         super().__init__()
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         cin = in_channels // groups
@@ -70,6 +71,12 @@ class NWSConv2d(nn.Module):
         self.kernel_size = (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.group_size = group_size
+        if padding_mode != "zeros":  # nn.Conv2d's own rule: pad explicitly, then convolve unpadded
+            if isinstance(padding, str):
+                raise ValueError(f"padding={padding!r} with padding_mode={padding_mode!r}: give the padding as numbers")
+            ph, pw = (padding, padding) if isinstance(padding, int) else tuple(padding)
+            self._pad = (pw, pw, ph, ph)
+        self.padding_mode = padding_mode
         self.d = group_size * kh * kw
         if pool.dim() != 2 or pool.shape[1] != self.d:
             raise ValueError(f"pool must be [K, {self.d}], got {list(pool.shape)}")
@@ -78,7 +85,7 @@ class NWSConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.register_buffer("pool", pool.detach().clone().float())
         self.register_buffer("indices", torch.zeros(self.num_vectors, dtype=torch.long))
-        self._search_factory = search_factory or ExactSearch
+        self._search_factory = search_factory or IncrementalSearch  # exact, and fast
         self.search = self._search_factory(self.pool)
         self.commitment = torch.zeros(())
         self._cache_key = None
@@ -122,8 +129,27 @@ class NWSConv2d(nn.Module):
         self.search = self._search_factory(self.pool)
 
     def _conv(self, x, w):
+        if self.padding_mode != "zeros":
+            return F.conv2d(F.pad(x, self._pad, mode=self.padding_mode), w, self.bias, self.stride, 0,
+                            self.dilation, self.groups)
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device) makes new pool tensors: the searcher must not keep searching the old one
+        out = super()._apply(fn, *args, **kwargs)
+        if getattr(self.search, "pool", self.pool) is not self.pool:
+            self.reset_search()
+            self._q = self._q_key = None
+        return out
+
+    def __getstate__(self):
+        # deepcopy/pickle after a training step: the commitment of the last forward is still
+        # on the autograd graph, which cannot be copied; its value is all a copy needs
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state["commitment"] = state["commitment"].detach()
+        return state
+
+    @torch.compiler.disable  # the search (numba kernels, data-dependent updates) runs eagerly
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self._conv(x, self.rebuilt_weight())
@@ -169,11 +195,11 @@ class NWSLinear(NWSConv2d):
         self.in_features, self.out_features = in_features, out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.dim() == 2
-        if flat:
-            x = x[:, :, None, None]
-        y = super().forward(x)
-        return y.flatten(1) if flat else y
+        if x.dim() == 2:
+            return super().forward(x[:, :, None, None]).flatten(1)
+        # any other shape: nn.Linear's semantics (the last dimension holds the features)
+        lead = x.shape[:-1]
+        return super().forward(x.reshape(-1, x.shape[-1], 1, 1)).view(*lead, self.out_features)
 
 
 def nws_layers(model: nn.Module) -> list[tuple[str, NWSConv2d]]:

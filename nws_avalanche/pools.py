@@ -18,7 +18,7 @@ from .container import pack_state, read_container, unpack_state, write_container
 from .errors import ArtifactError, ConfigError
 from .kmeans import kmeans
 from .layers import NWSConv2d, NWSLinear
-from .nwsify import convertible_layers
+from .nwsify import convertible_layers, head_names
 
 POOL_FORMAT = 1
 
@@ -27,12 +27,13 @@ def layer_specs(model: nn.Module, include_head: bool = True,
                 group_sizes: dict[str, int] | None = None) -> list[dict]:
     """Name, kernel shape and vector length of every layer NWS converts (head: out dim = -1)."""
     group_sizes = group_sizes or {}
+    heads = head_names(model)
     specs = []
     for name, m in convertible_layers(model, include_head):
-        is_head = isinstance(m, (nn.Linear, NWSLinear))
+        is_head = isinstance(m, (nn.Linear, NWSLinear)) and name in heads
         gs = m.group_size if isinstance(m, NWSConv2d) else group_sizes.get(name, 1)
-        if is_head:
-            shape = [-1, m.in_features if isinstance(m, nn.Linear) else m.in_channels, 1, 1]
+        if isinstance(m, (nn.Linear, NWSLinear)):  # a head's out dim varies per task: -1
+            shape = [-1 if is_head else m.out_features, m.in_features, 1, 1]
         else:
             shape = [m.out_channels, m.in_channels // m.groups, *m.kernel_size]
         specs.append({"name": name, "shape": shape, "d": gs * shape[2] * shape[3],
@@ -120,12 +121,14 @@ def layer_vectors(module: nn.Module, group_size: int = 1) -> torch.Tensor:
     return w.reshape(-1, group_size * kh * kw)
 
 
-def build_pools_kmeans(model: nn.Module, arch: str, K: int, seed: int = 0, iters: int = 25,
+def build_pools_kmeans(model: nn.Module, arch: str | None = None, K: int = 512, seed: int = 0, iters: int = 25,
                        include_head: bool = True, group_sizes: dict[str, int] | None = None,
                        init_sample: int | None = 20000, fit_sample: int | None = None,
                        final_iters: int = 2, progress=None) -> PoolSet:
-    """k-means per layer over the kernels of a trained plain ``model`` (see ``kmeans.kmeans``
-    for ``fit_sample``/``final_iters``); ``progress(name)`` is called before each layer."""
+    """k-means per layer over the kernels of a trained plain ``model``: every layer ``nwsify``
+    converts (convs, Linears, the head(s)), for any model. ``arch`` only names the pools (default:
+    the model's class name). See ``kmeans.kmeans`` for ``fit_sample``/``final_iters``;
+    ``progress(name)`` is called before each layer."""
     if K < 2:
         raise ConfigError(f"pool_size must be >= 2, got {K}")
     group_sizes = group_sizes or {}
@@ -137,4 +140,4 @@ def build_pools_kmeans(model: nn.Module, arch: str, K: int, seed: int = 0, iters
             progress(s["name"])
         tables[s["name"]] = kmeans(layer_vectors(m, s["group_size"]), K, iters=iters, seed=seed + i,
                                    init_sample=init_sample, fit_sample=fit_sample, final_iters=final_iters)
-    return PoolSet(arch, specs, tables)
+    return PoolSet(arch or type(model).__name__, specs, tables)

@@ -3,8 +3,10 @@
 Folder: ``<out>/<benchmark>/<method>/[<key=value,...>/]seed<seed>/`` with ``config.yaml``
 (resolved), ``status.json``, ``progress.json`` (the record of finished tasks and the sha256 of
 every artifact), ``results.json`` and ``artifacts/`` (one file per task + the assist files);
-``checkpoint.pt`` while the run is unfinished. Every accuracy is measured on a model rebuilt from
-the files in ``artifacts/``; memory is their size on disk.
+``checkpoint.pt`` while the run is unfinished. Every accuracy is Avalanche's own
+(``accuracy_metrics`` through the strategy's evaluator), measured with each task's model rebuilt
+from the files in ``artifacts/`` standing in (``task_state.PerTaskEval.use_artifacts``); memory is
+their size on disk.
 
 A rerun checks a finished run's artifacts against their digests and skips it, and resumes an
 unfinished one at its next task (``checkpoint.py``); files deleted as an error message advised are
@@ -29,12 +31,14 @@ from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, ch
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, seed_all, task_seed
 from .config import RunConfig, check_device
 from .errors import ArtifactError, ConfigError
+from .factory import build_strategy
+from .loggers import make_loggers
 from .methods import METHODS, load_all
 from .recovery import PROGRESS_NAME, artifact_digests, needs_rebuild, resume_point, write_progress
 from .results import build_results, memory_mib, paper_memory
 from .runlock import run_folder_lock
 from .runstatus import error_tail, read_status, write_status
-from .training import evaluate
+from .template import accuracy_evaluator
 
 
 def seed_everything(seed: int) -> None:
@@ -42,7 +46,7 @@ def seed_everything(seed: int) -> None:
 
 
 # keys that change how a run is launched or logged, never its results: a rerun may change them
-LAUNCH_KEYS = ("wandb", "slurm")
+LAUNCH_KEYS = ("wandb", "slurm", "loggers")
 
 
 def sweep_label(sweep: dict | None) -> str:
@@ -196,9 +200,12 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
         atomic_write_bytes(art / "pools.nwsp", Path(assets.pool_path).read_bytes())  # never half a copy; evaluation reads this copy
     seed_everything(cfg.seed)
     task_classes = [t.num_classes for t in bench.tasks]
-    strategy = strategy_cls(cfg=cfg, assets=assets, task_classes=task_classes, progress=progress)
+    evaluator = accuracy_evaluator(make_loggers(cfg.loggers, rdir, _wandb_run(callbacks))) if cfg.loggers else None
+    strategy = build_strategy(cfg, assets, task_classes, progress=progress, evaluator=evaluator)
     scenario = to_avalanche(bench)
     T = len(bench.tasks)
+    # Avalanche evaluates each task on the model rebuilt from the files the task wrote
+    strategy.task_eval.use_artifacts(lambda j: strategy.rebuild_task(j, art), range(T))
     state = resume_point(rdir, art, strategy, T, load_checkpoint(rdir), rdir / CHECKPOINT_NAME)
     acc = state.acc
     for t, exp in enumerate(scenario.train_stream):
@@ -211,9 +218,7 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
         state.train_seconds.append(time.perf_counter() - start)
         state.task_files.append([p.name for p in strategy.export_task(t, art)])
         state.summaries.append(strategy.task_summary(t))
-        for j in range(t + 1):
-            model = strategy.rebuild_task(j, art)
-            acc[t][j] = evaluate(model, bench.tasks[j].test, cfg.eval_batch_size, cfg.device, cfg.num_workers)
+        acc[t][: t + 1] = avalanche_accuracies(strategy, scenario.test_stream, t + 1, cfg.num_workers)
         state.next_task = t + 1
         # earlier tasks' digests stay as recorded when they were written (never re-read from disk)
         state.digests.update(artifact_digests(art, state.task_files[-1:], strategy.assist_files(art)))
@@ -231,6 +236,35 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
     if sweep:
         results["sweep"] = dict(sweep)
     return results
+
+
+def _wandb_run(callbacks):
+    """The run's wandb run, started on demand, from its wandb callback (if any)."""
+    from .wandb_log import WandbRun
+
+    runs = [cb for cb in callbacks if isinstance(cb, WandbRun)]
+    return (lambda: runs[0]._start()) if runs else None
+
+
+def avalanche_accuracies(strategy, test_stream, n: int, num_workers: int = 0) -> list[float]:
+    """Avalanche's accuracy (%) on the first ``n`` test experiences, from the strategy's evaluator.
+
+    Avalanche averages per-minibatch accuracies weighted by their sizes; the count of correct
+    predictions is recovered from it (exact: the error is far below 1/2 pattern) so that the
+    figure is exactly ``100 * correct / total``."""
+    exps = list(test_stream)[:n]
+    strategy.eval(exps, num_workers=num_workers)
+    metrics = strategy.evaluator.get_last_metrics()
+    out = []
+    for j, exp in enumerate(exps):
+        keys = [k for k in metrics if k.startswith("Top1_Acc_Exp/eval_phase/")
+                and k.endswith(f"/Task{j:03d}/Exp{exp.current_experience:03d}")]
+        if len(keys) != 1:
+            raise RuntimeError(f"the strategy's evaluator reported no accuracy for test experience {j} "
+                               f"(it needs accuracy_metrics(experience=True)); got {sorted(metrics)[:5]}")
+        total = len(exp.dataset)
+        out.append(100.0 * round(metrics[keys[0]] * total) / max(total, 1))
+    return out
 
 
 def _check_is_run_folder(rdir: Path) -> None:

@@ -14,7 +14,6 @@ import torch.nn as nn
 
 from . import paper_memory as paper
 from .artifact import load_nws_task, read_nws_task, save_nws_task
-from .config import method_options
 from .errors import ConfigError
 from .layers import nws_layers
 from .methods import METHODS
@@ -24,7 +23,7 @@ from .plugin import INITS, NWSPlugin, random_head
 from .pools import PoolSet
 from .codecs import CODECS, DEFAULT_CODEC
 from .search import DEFAULT_SEARCH, SEARCHES
-from .template import TaskIncrementalStrategy, pretrained_with_head
+from .template import TaskIncrementalStrategy, state_copy
 
 
 @dataclass
@@ -47,17 +46,19 @@ class NWS(TaskIncrementalStrategy):
     needs_pools = True
     checkpoint_attrs = ("plugin.tasks_seen", "last_indices")
 
-    def __init__(self, *, cfg, assets, task_classes, progress=None):
-        opts = method_options(cfg, "nws", NWSOptions)
+    def __init__(self, model, optimizer, criterion=None, *, pools, beta: float = 0.5,
+                 options: NWSOptions | None = None, pretrained_state=None, seed: int = 0, plugins=(), **kw):
+        """``pools``: a ``PoolSet``; ``model``: the plain network (converted here)."""
+        opts = options or NWSOptions()
         self.search_factory = SEARCHES.get(opts.search)
-        self.pools = assets.pools
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
+        self.pools = pools
+        pretrained_state = pretrained_state if pretrained_state is not None else state_copy(model)
         nwsify(model, self.pools.tables, opts.include_head, group_sizes=self.pools.group_sizes,
                search_factory=self.search_factory)
-        self.plugin = NWSPlugin(beta=cfg.beta, init=opts.init, pretrained_state=assets.pretrained_state,
-                                include_head=opts.include_head, search_factory=self.search_factory, seed=cfg.seed)
-        super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, plugins=[self.plugin],
-                         options=opts, progress=progress)
+        self.plugin = NWSPlugin(beta=beta, init=opts.init, pretrained_state=pretrained_state,
+                                include_head=opts.include_head, search_factory=self.search_factory, seed=seed)
+        super().__init__(model, optimizer, criterion, plugins=[self.plugin, *plugins], options=opts,
+                         pretrained_state=pretrained_state, seed=seed, task_eval=self.plugin, pools=pools, **kw)
         self.last_indices = self._indices()  # the pretrained network's: what task 0 is compared with
 
     def prepare_task(self, t, num_classes):

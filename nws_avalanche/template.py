@@ -1,7 +1,9 @@
 """``TaskIncrementalStrategy``: the Avalanche strategy template every method here derives from.
 
-It is a real ``SupervisedTemplate``: Avalanche runs the training loop and the plugins. What it adds
-is the task-incremental contract the runner relies on:
+It is a real ``SupervisedTemplate``, built the Avalanche way (``Method(model, optimizer, criterion,
+task_classes=..., train_mb_size=..., ..., options=...)``; ``factory.build_strategy`` makes those
+arguments from a run config, which strategies never see): Avalanche runs the training loop and
+the plugins. What it adds is the task-incremental contract the runner relies on:
 
 - ``prepare_task(t, num_classes)`` sets the model up for task ``t`` (called by Avalanche's model
   adaptation at each task boundary, training only; then a fresh optimiser is built);
@@ -10,6 +12,10 @@ is the task-incremental contract the runner relies on:
 - ``assist_files(dir)`` lists what all tasks share (counted once in memory);
 - ``paper_bytes(t, dir)`` / ``paper_assist_bytes(dir)``: the same stored content counted the way
   the NWS paper counted it (``nws_avalanche.paper_memory``), the second memory column;
+- ``task_state()`` / ``load_task_extra(extra)``: what a task keeps in memory for evaluation
+  (default: the state_dict minus ``shared_state_keys()``); ``self.task_eval``
+  (``task_state.PerTaskEval``) swaps it in when Avalanche evaluates that task, or, after
+  ``task_eval.use_artifacts(...)`` (the runner), the model rebuilt from the task's files;
 - ``checkpoint_state(t)`` / ``restore_checkpoint_state(state)`` save and restore the state after
   task ``t`` so an interrupted run resumes exactly (see ``nws_avalanche.checkpoint``). The default
   keeps the model's state_dict, the optimiser's, Avalanche's clock and the attributes named in
@@ -25,6 +31,7 @@ Every strategy also gets ``FiniteGuard`` (a diverging task stops with the place 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,11 +40,51 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from .guard import FiniteGuard
+from .task_state import PerTaskEval, StrategyTaskState
 from .training import EpochLRSchedule, ProgressBar, build_optimizer
 
 
 class EmptyOptions:
     pass
+
+
+@dataclass
+class TrainSettings:
+    """What a method reads when it rebuilds its optimiser or heads at each task (not the run
+    config): the optimiser's kind and hyper-parameters, epochs per task, the seed of fresh heads,
+    and the architecture name written into artifacts (to rebuild them)."""
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    epochs: int = 1
+    seed: int = 0
+    arch: str | None = None
+    head_init: str = "pretrained"  # task heads: pretrained (the authors' rule) | fresh
+
+    @classmethod
+    def from_optimizer(cls, optimizer: torch.optim.Optimizer, **kw) -> "TrainSettings":
+        kind = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam"}.get(type(optimizer))
+        if kind is None:
+            raise ValueError(f"{type(optimizer).__name__}: these strategies build a fresh optimiser of the same "
+                             f"kind at every task and know SGD and Adam; pass one of those")
+        d = optimizer.defaults
+        return cls(optimizer=kind, lr=d["lr"], momentum=d.get("momentum", 0.0), nesterov=d.get("nesterov", False),
+                   weight_decay=d.get("weight_decay", 0.0), **kw)
+
+
+@dataclass
+class StartingPoint:
+    """What every task starts from: the pretrained weights (state_dict of the plain network),
+    the input channels (to rebuild artifacts) and, for NWS, the kernel pools."""
+    pretrained_state: dict
+    in_channels: int = 3
+    pools: object = None
+
+
+def state_copy(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 class TaskIncrementalStrategy(SupervisedTemplate):
@@ -46,16 +93,38 @@ class TaskIncrementalStrategy(SupervisedTemplate):
     needs_pools = False  # True: the runner prepares kernel pools (assets.pools) for this method
     checkpoint_attrs: tuple[str, ...] = ()  # dotted attribute paths resumed with the model
 
-    def __init__(self, *, cfg, assets, task_classes: list[int], model: nn.Module, plugins=(), options=None,
-                 progress: bool | None = None):
-        self.cfg, self.assets, self.task_classes, self.opts = cfg, assets, list(task_classes), options
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion=None, *,
+                 task_classes: list[int], pretrained_state: dict | None = None, in_channels: int = 3,
+                 arch: str | None = None, seed: int = 0, train_mb_size: int = 32, train_epochs: int = 1,
+                 eval_mb_size: int | None = None, device="cpu", milestones=(), gamma: float = 0.1, plugins=(),
+                 evaluator=None, options=None, progress: bool | None = None, task_eval: PerTaskEval | None = None,
+                 pools=None, head_init: str = "pretrained", allow_nonfinite: bool = False):
+        """``model``: the network for task 0, already converted by the method (its head sized
+        ``task_classes[0]``); ``optimizer``: its kind and hyper-parameters are reused for the fresh
+        optimiser each task gets; ``pretrained_state``: what each task starts from (default: the
+        model's weights as given); ``milestones``/``gamma``: per-task MultiStep LR; ``head_init``:
+        later tasks' heads (``task_head``); ``allow_nonfinite``: see ``guard.FiniteGuard``."""
+        self.cfg = TrainSettings.from_optimizer(optimizer, epochs=train_epochs, seed=seed, arch=arch,
+                                                head_init=head_init)
+        self.assets = StartingPoint(pretrained_state if pretrained_state is not None else state_copy(model),
+                                    in_channels, pools)
+        self.task_classes, self.opts = list(task_classes), options
+        self.task_eval = task_eval if task_eval is not None else StrategyTaskState()
+        plugins = list(plugins or ())
+        if self.task_eval not in plugins:
+            plugins.append(self.task_eval)
         super().__init__(
-            model=model, optimizer=build_optimizer(cfg, model.parameters()),
-            criterion=nn.CrossEntropyLoss(), train_mb_size=cfg.batch_size, train_epochs=cfg.epochs,
-            eval_mb_size=cfg.eval_batch_size, device=cfg.device,
-            plugins=[*plugins, FiniteGuard(cfg.allow_nonfinite), EpochLRSchedule(cfg.milestones, cfg.gamma),
+            model=model, optimizer=optimizer, criterion=criterion or nn.CrossEntropyLoss(),
+            train_mb_size=train_mb_size, train_epochs=train_epochs,
+            eval_mb_size=eval_mb_size if eval_mb_size is not None else train_mb_size, device=device,
+            plugins=[*plugins, FiniteGuard(allow_nonfinite), EpochLRSchedule(list(milestones), gamma),
                      ProgressBar(self.name, disable=None if progress is None else not progress)],
-            evaluator=_quiet_evaluator())
+            evaluator=evaluator if evaluator is not None else accuracy_evaluator())
+
+    def set_evaluator(self, evaluator: EvaluationPlugin) -> None:
+        """Use ``evaluator`` (e.g. with loggers) in place of the one given at construction."""
+        self.plugins[self.plugins.index(self.evaluator)] = evaluator
+        self.evaluator = evaluator
 
     # -- Avalanche hooks --------------------------------------------------------------------
     def model_adaptation(self, model=None):
@@ -101,6 +170,22 @@ class TaskIncrementalStrategy(SupervisedTemplate):
         else:
             weight = previous.weight
         return resized_head(weight, num_classes, self.cfg.seed + t)
+    # -- per-task state for Avalanche's evaluation (memory mode) ------------------------------
+    def shared_state_keys(self) -> set[str]:
+        """state_dict entries every task shares (not kept per task)."""
+        return set()
+
+    def task_state(self) -> dict:
+        shared = self.shared_state_keys()
+        return {"state": {k: v.detach().clone() for k, v in self.model.state_dict().items() if k not in shared},
+                "extra": self.task_extra()}
+
+    def task_extra(self):
+        """Per-task values outside the state_dict (e.g. PackNet's owner view)."""
+        return None
+
+    def load_task_extra(self, extra) -> None:
+        pass
 
     def paper_bytes(self, t: int, directory: Path) -> int | None:
         """Task ``t``'s stored content in the paper's accounting; None: the method does not say."""
@@ -205,9 +290,12 @@ def resized_head(previous: torch.Tensor, num_classes: int, seed: int) -> nn.Line
     return head.to(prev.device)
 
 
-def _quiet_evaluator():
+def accuracy_evaluator(loggers=()):
+    """Avalanche's per-experience and stream accuracy, reported to ``loggers`` (none: silent)."""
     import warnings
 
-    with warnings.catch_warnings():  # "no loggers": metrics here come from rebuilt models, not Avalanche's
+    from avalanche.evaluation.metrics import accuracy_metrics
+
+    with warnings.catch_warnings():  # "no loggers" is what the runner wants unless it asks for some
         warnings.simplefilter("ignore")
-        return EvaluationPlugin(loggers=[])
+        return EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=list(loggers))

@@ -10,6 +10,7 @@ from torch.utils.data import TensorDataset
 from benchmarks import BenchmarkData, Task, to_avalanche
 from nws_avalanche.assets import Assets
 from nws_avalanche.config import build_config
+from nws_avalanche.factory import build_strategy
 from nws_avalanche.methods import METHODS, load_all
 from nws_avalanche.models import build_arch
 
@@ -34,8 +35,7 @@ def tiny_strategy(method: str, bench: BenchmarkData, *sets: str):
     torch.manual_seed(0)
     pre = build_arch(ARCH, 4, bench.in_channels)
     assets = Assets(ARCH, bench.in_channels, {k: v.clone() for k, v in pre.state_dict().items()}, 4, None, None)
-    strategy = METHODS.get(method)(cfg=cfg, assets=assets, task_classes=[t.num_classes for t in bench.tasks],
-                                   progress=False)
+    strategy = build_strategy(cfg, assets, [t.num_classes for t in bench.tasks], progress=False)
     return strategy, to_avalanche(bench)
 
 

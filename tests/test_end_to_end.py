@@ -75,13 +75,13 @@ def test_rebuilt_model_reproduces_reported_accuracy(tiny_runs):
     from benchmarks import build_benchmark
     from tests.conftest import tiny_config
     from nws_avalanche.assets import prepare_assets
-    from nws_avalanche.strategy import NWS
+    from nws_avalanche.factory import build_strategy
 
     out, res = tiny_runs
     cfg = tiny_config(method="nws")
     bench = build_benchmark(cfg)
     assets = prepare_assets(cfg, bench, out / "split-digits" / "_assist", need_pools=True)
-    strat = NWS(cfg=cfg, assets=assets, task_classes=[2, 2], progress=False)
+    strat = build_strategy(cfg, assets, [2, 2], progress=False)
     art = out / "split-digits" / "nws" / "seed0" / "artifacts"
     for j in range(2):
         model = strat.rebuild_task(j, art)

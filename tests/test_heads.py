@@ -10,6 +10,7 @@ import torch
 from nws_avalanche.assets import Assets
 from nws_avalanche.config import build_config
 from nws_avalanche.errors import ConfigError
+from nws_avalanche.factory import build_strategy
 from nws_avalanche.methods import METHODS, load_all
 from nws_avalanche.models import build_arch, get_head
 from nws_avalanche.pools import build_pools_kmeans
@@ -29,7 +30,7 @@ def _strategy(method: str, task_classes, *sets: str):
     pre = build_arch(ARCH, PRE_CLASSES, 1)
     pools = build_pools_kmeans(pre, ARCH, K=8, iters=2) if method == "nws" else None
     assets = Assets(ARCH, 1, {k: v.clone() for k, v in pre.state_dict().items()}, PRE_CLASSES, pools, None)
-    return METHODS.get(method)(cfg=cfg, assets=assets, task_classes=list(task_classes), progress=False), pre
+    return build_strategy(cfg, assets, list(task_classes), progress=False), pre
 
 
 def _rows(head) -> torch.Tensor:

@@ -164,7 +164,8 @@ def test_evaluation_reads_the_pool_file_in_artifacts(finished, tmp_path):
     from benchmarks import build_benchmark
     from nws_avalanche.assets import prepare_assets
     from nws_avalanche.errors import ArtifactError
-    from nws_avalanche.methods import METHODS, load_all
+    from nws_avalanche.factory import build_strategy
+    from nws_avalanche.methods import load_all
     from nws_avalanche.pools import PoolSet
 
     out = copy_out(finished[0] / "full", tmp_path)
@@ -174,7 +175,7 @@ def test_evaluation_reads_the_pool_file_in_artifacts(finished, tmp_path):
     load_all()
     bench = build_benchmark(cfg)
     assets = prepare_assets(cfg, bench, out / "split-digits" / "_assist", need_pools=True)
-    nws = METHODS.get("nws")(cfg=cfg, assets=assets, task_classes=[t.num_classes for t in bench.tasks])
+    nws = build_strategy(cfg, assets, [t.num_classes for t in bench.tasks])
     nws.rebuild_task(1, art)
     other = PoolSet.load(art / "pools.nwsp")
     first = next(iter(other.tables))

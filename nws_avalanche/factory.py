@@ -1,0 +1,32 @@
+"""The runner's strategy factory: one place where a run config becomes a strategy.
+
+``build_strategy(cfg, assets, task_classes)`` builds the pretrained network with task 0's
+head, its optimiser, and calls the registered method's constructor with plain arguments (the
+Avalanche way: ``Method(model, optimizer, criterion, train_mb_size=..., ..., options=...)``);
+strategies never see the run config.
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .config import method_options
+from .methods import METHODS, load_all
+from .template import pretrained_with_head
+from .training import build_optimizer
+
+
+def build_strategy(cfg, assets, task_classes: list[int], *, progress: bool | None = None, evaluator=None):
+    load_all()
+    cls = METHODS.get(cfg.method)
+    options = method_options(cfg, cfg.method, cls.Options) if cls.Options is not None else None
+    model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
+    kw = dict(task_classes=list(task_classes), pretrained_state=assets.pretrained_state,
+              in_channels=assets.in_channels, arch=cfg.arch, seed=cfg.seed, train_mb_size=cfg.batch_size,
+              train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size, device=cfg.device,
+              milestones=cfg.milestones, gamma=cfg.gamma, head_init=cfg.head_init,
+              allow_nonfinite=cfg.allow_nonfinite, evaluator=evaluator, progress=progress)
+    if options is not None:
+        kw["options"] = options
+    if cls.needs_pools:
+        kw.update(pools=assets.pools, beta=cfg.beta)
+    return cls(model, build_optimizer(cfg, model.parameters()), nn.CrossEntropyLoss(), **kw)
