@@ -103,6 +103,10 @@ def load_nws_task(path, build: Callable[[int], nn.Module], pool_fingerprint: str
     missing = set(model.state_dict()) - _nws_owned_keys(model) - set(state)
     if missing:
         raise ArtifactError(f"{path}: missing state entries {sorted(missing)[:5]}")
+    unexpected = set(state) - set(model.state_dict())
+    if unexpected:  # e.g. a multi-head model's heads the skeleton lacks: never dropped silently
+        raise ArtifactError(f"{path}: the file holds state entries the model lacks: {sorted(unexpected)[:5]}; "
+                            f"build the skeleton with every module the task had (e.g. all its heads)")
     model.load_state_dict(state, strict=False)
     return model.eval()
 

@@ -330,3 +330,23 @@ def test_baseline_example_shows_no_forgetting(one_thread):
         assert after[t][acc_key(t)] == final[acc_key(t)]
     for t in range(2):
         assert final[f"ExperienceForgetting/eval_phase/test_stream/Task{t:03d}/Exp{t:03d}"] == 0.0
+
+
+def test_artifact_with_heads_the_skeleton_lacks_is_refused(tmp_path, one_thread):
+    from nws_avalanche.errors import ArtifactError
+
+    mod = load_example("nws_multihead")
+    torch.manual_seed(0)
+    model = mod.skeleton(2)
+    pools = build_pools_kmeans(mod.MultiHeadNet(), K=8, seed=0, iters=1, include_head=False)
+    nwsify(model, pools, include_head=False)  # dense heads: stored as state entries
+    save_nws_task(tmp_path / "t.nwst", model, task=1, arch="custom", num_classes=2,
+                  pool_fingerprint=pools.fingerprint, pool_digest=pools.digest)
+
+    def skeleton(heads):
+        return lambda c: nwsify(mod.skeleton(heads), pools, include_head=False, search_now=False)
+    with pytest.raises(ArtifactError, match="state entries the model lacks: .*classifiers.1"):
+        load_nws_task(tmp_path / "t.nwst", skeleton(1), pools.fingerprint, pools.digest)
+    back = load_nws_task(tmp_path / "t.nwst", skeleton(2), pools.fingerprint, pools.digest)
+    x = torch.randn(3, 3, 8, 8)
+    assert torch.equal(back.forward_single_task(x, 1), model.eval().forward_single_task(x, 1))
