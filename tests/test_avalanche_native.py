@@ -350,3 +350,24 @@ def test_artifact_with_heads_the_skeleton_lacks_is_refused(tmp_path, one_thread)
     back = load_nws_task(tmp_path / "t.nwst", skeleton(2), pools.fingerprint, pools.digest)
     x = torch.randn(3, 3, 8, 8)
     assert torch.equal(back.forward_single_task(x, 1), model.eval().forward_single_task(x, 1))
+
+
+def test_wandb_metrics_logger_and_logger_names():
+    from nws_avalanche.config import build_config
+    from nws_avalanche.errors import ConfigError
+    from nws_avalanche.loggers import WandbMetricsLogger
+
+    class FakeRun:
+        def __init__(self):
+            self.logged = []
+
+        def log(self, data, commit=True):
+            self.logged.append((data, commit))
+
+    run = FakeRun()
+    logger = WandbMetricsLogger(run=lambda: run, commit=False)  # the runner's form: a run started on demand
+    logger.log_single_metric("Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000", torch.tensor(0.75), 3)
+    logger.log_single_metric("ConfusionMatrix", torch.zeros(2, 2), 3)  # not a scalar: skipped
+    assert run.logged == [({"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000": 0.75}, False)]
+    with pytest.raises(ConfigError, match="unknown logger.*'tensorbord'.*tensorboard"):
+        build_config([], ["loggers=[tensorbord]"]).validate()
