@@ -14,7 +14,8 @@ from nws_avalanche.artifact import load_state_artifact
 from nws_avalanche.assets import Assets
 from nws_avalanche.codecs import decode_ints
 from nws_avalanche.config import build_config
-from nws_avalanche.methods import METHODS, load_all
+from nws_avalanche.factory import build_strategy
+from nws_avalanche.methods import load_all
 from nws_avalanche.models import build_arch
 from tests.baseline_kit import ARCH, assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
 
@@ -76,8 +77,7 @@ def digits_run(tmp_path_factory):
     torch.manual_seed(0)
     pre = build_arch(ARCH, 4, bench.in_channels)
     assets = Assets(ARCH, bench.in_channels, {k: v.clone() for k, v in pre.state_dict().items()}, 4, None, None)
-    strat = METHODS.get("ksm")(cfg=cfg, assets=assets, task_classes=[t.num_classes for t in bench.tasks],
-                               progress=False)
+    strat = build_strategy(cfg, assets, [t.num_classes for t in bench.tasks], progress=False)
     scenario = to_avalanche(bench)
     seen = {"logits": [], "summary": [], "backbone": []}
     for t in range(T):
