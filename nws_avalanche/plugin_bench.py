@@ -2,14 +2,16 @@
 
     python -m nws_avalanche.plugin_bench [--arch resnet18-narrow] [--size 32] [--samples 640] [--threads 2]
 
-Same model (initial weights), same data, same optimiser, one process: two epochs of each, per-
-epoch wall time from Avalanche's epoch hooks; the ratio of the second epochs is the steady cost
-(the first NWS epoch also runs the initial full searches). Prints one line per figure.
+Same model (initial weights), same data, same optimiser, one process: ``--epochs`` epochs of
+each, timed by Avalanche's epoch hooks in wall time and in process CPU time (the steadier figure
+on a shared machine); the ratios of the medians over the epochs after the first are the steady
+cost (the first NWS epoch also runs the initial full searches). Prints one line per figure.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 
 import torch
@@ -26,10 +28,10 @@ def _epoch_times(strategy_cls, model, exp, plugins, epochs):
             self.times = []
 
         def before_training_epoch(self, strategy, **kw):
-            self.start = time.perf_counter()
+            self.start = (time.perf_counter(), time.process_time())
 
         def after_training_epoch(self, strategy, **kw):
-            self.times.append(time.perf_counter() - self.start)
+            self.times.append((time.perf_counter() - self.start[0], time.process_time() - self.start[1]))
 
     clock = Clock()
     strategy = strategy_cls(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
@@ -59,6 +61,7 @@ def main(argv=None) -> dict:
     p.add_argument("--samples", type=int, default=640)
     p.add_argument("--pool-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3)
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -70,12 +73,16 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     base = build_arch(args.arch, 10)
     pools = build_pools_kmeans(base, K=args.pool_size, seed=0, iters=2)
-    plain = _epoch_times(Naive, copy.deepcopy(base), exp, [], 2)
-    nws = _epoch_times(Naive, copy.deepcopy(base), exp, [NWSPlugin(pools=pools)], 2)
-    out = {"plain_epoch_s": plain[-1], "nws_epoch_s": nws[-1], "ratio": nws[-1] / plain[-1],
-           "first_epoch_ratio": nws[0] / plain[0]}
+    plain = _epoch_times(Naive, copy.deepcopy(base), exp, [], args.epochs)
+    nws = _epoch_times(Naive, copy.deepcopy(base), exp, [NWSPlugin(pools=pools)], args.epochs)
+
+    def steady(times, k):
+        return statistics.median(t[k] for t in times[1:]) if len(times) > 1 else times[0][k]
+    out = {"plain_epoch_wall_s": steady(plain, 0), "nws_epoch_wall_s": steady(nws, 0),
+           "ratio_wall": steady(nws, 0) / steady(plain, 0), "ratio_cpu": steady(nws, 1) / steady(plain, 1),
+           "first_epoch_ratio_cpu": nws[0][1] / plain[0][1]}
     print(f"{args.arch} {args.size}x{args.size}, {args.samples} samples, batch 32, K={args.pool_size}, "
-          f"{args.threads} threads")
+          f"{args.threads} threads, {args.epochs} epochs each")
     for k, v in out.items():
         print(f"{k}: {v:.3f}")
     return out
