@@ -1,0 +1,441 @@
+"""Avalanche's own continual-learning strategies as methods: EWC, SI, MAS, LwF and Replay.
+
+Each is Avalanche's plugin (``EWCPlugin``, ``SynapticIntelligencePlugin``, ``MASPlugin``,
+``LwFPlugin``, ``ReplayPlugin``) on ``TaskIncrementalStrategy``, in the task-incremental
+multi-head setting on the same streams, backbone, pretrained start and optimiser settings as the
+other methods: ONE network is trained through all tasks (the pretrained backbone, continued),
+with one bias-free head per task (``MultiHeadNet``, an Avalanche ``MultiTaskModule``). Options
+are the plugins' own, under ``--set <name>.<option>=`` (dataclasses below; defaults Avalanche's,
+except EWC's lambda, which Avalanche leaves to the user).
+
+What a run stores, i.e. what the method must keep to serve every task and to go on learning:
+
+- ``network.dense``: the final shared network (fp32; rewritten after every task; assist);
+- ``task<t>.head``: task t's head (fp32; rewritten after every task, since replay and LwF also
+  train old heads);
+- ``method-state.<name>``, the method's own state, counted as assist: EWC the per-task
+  reference weights and Fisher importances (mode ``separate``: every past task's; ``online``: one
+  set), SI its importances and accumulated path integral, MAS its importances, Replay its
+  buffer (``mem_size`` samples as the loader yields them, float32, with labels and task ids).
+  A reference copy equal to the stored network (SI's/MAS's anchors, EWC's last task's weights,
+  LwF's teacher) is not stored twice: at rest it is the network, and it is rebuilt from it.
+  LwF keeps only the network (its teacher) and the seen classes per task.
+
+Task j's accuracy after task t is measured on the network after task t with head j (rebuilt from
+the files above), so the accuracy matrices show these methods' forgetting. Deviations: Replay's
+buffer is experience-balanced random selection (Avalanche's default policy) held as tensors, so
+it is saved and resumed exactly; the samples are taken as the training loader yields them
+(augmented once). Mixed-task mini-batches (Replay) pass through the backbone together and each
+sample's logits outside its task's head are -inf, so the loss is each sample's own-task CE.
+"""
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from avalanche.models import MultiTaskModule
+from avalanche.training.plugins import EWCPlugin, LwFPlugin, MASPlugin, ReplayPlugin, SynapticIntelligencePlugin
+from avalanche.training.storage_policy import ExemplarsBuffer
+from avalanche.training.utils import ParamData, copy_params_dict
+
+from nws_avalanche.artifact import load_state_artifact, save_state_artifact
+from nws_avalanche.config import method_options
+from nws_avalanche.errors import ConfigError
+from nws_avalanche.methods import METHODS
+from nws_avalanche.models import build_arch, set_head
+from nws_avalanche.template import TaskIncrementalStrategy, fresh_head
+
+NETWORK_FILE = "network.dense"
+
+
+class MultiHeadNet(MultiTaskModule):
+    """A shared backbone (the arch without its head) and one head per task, keyed ``"t"``."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int):
+        super().__init__()
+        self.backbone, self.feature_dim = backbone, feature_dim
+        self.heads = nn.ModuleDict()
+
+    def add_head(self, t: int, num_classes: int, seed: int) -> None:
+        if str(t) not in self.heads:
+            self.heads[str(t)] = fresh_head(self.feature_dim, num_classes, seed)
+        self.known_train_tasks_labels.add(t)
+        self.max_class_label = max(self.max_class_label, num_classes)
+
+    def forward_single_task(self, x, task_label):
+        return self.heads[str(task_label)](self.backbone(x))
+
+    def forward(self, x, task_labels):
+        feats = self.backbone(x)  # once for the whole batch, so BatchNorm sees it whole
+        if task_labels is None:
+            return {t: self.heads[str(t)](feats) for t in sorted(self.known_train_tasks_labels)}
+        if isinstance(task_labels, int):
+            return self.heads[str(task_labels)](feats)
+        tasks = torch.unique(task_labels)
+        if len(tasks) == 1:
+            return self.heads[str(int(tasks[0]))](feats)
+        out = feats.new_full((x.shape[0], self.max_class_label), float("-inf"))
+        for t in tasks.tolist():
+            mask = task_labels == t
+            logits = self.heads[str(t)](feats[mask])
+            out[mask, :logits.shape[1]] = logits
+        return out
+
+
+class TensorReplayBuffer(ExemplarsBuffer):
+    """Experience-balanced random exemplars, held as tensors: ``{task: (x, y)}``."""
+
+    def __init__(self, max_size: int, seed: int = 0):
+        super().__init__(max_size)
+        self.seed = seed
+        self.store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.y_as_tensor = False  # labels in the form the stream's datasets give them (collated together)
+
+    def match_labels(self, sample) -> None:
+        """Give labels as the current stream does (int or 0-d tensor): batches mix both sources."""
+        as_tensor = isinstance(sample[1], torch.Tensor)
+        if as_tensor != self.y_as_tensor:
+            self.y_as_tensor = as_tensor
+            self._rebuild_dataset()
+
+    def post_adapt(self, agent_state, exp):
+        t = exp.current_experience
+        data = exp.dataset
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+        order = torch.randperm(len(data), generator=gen)[:self.max_size]
+        xs, ys = zip(*[(data[i][0], int(data[i][1])) for i in order.tolist()]) if len(order) else ((), ())
+        if xs:
+            self.store[t] = (torch.stack(xs).float(), torch.tensor(ys, dtype=torch.long))
+        self._rebalance()
+
+    def _rebalance(self) -> None:
+        tasks = sorted(self.store)
+        share, extra = divmod(self.max_size, max(len(tasks), 1))
+        for i, t in enumerate(tasks):  # earlier tasks keep a prefix of their random selection
+            n = share + (1 if i < extra else 0)
+            x, y = self.store[t]
+            self.store[t] = (x[:n].contiguous(), y[:n].contiguous())
+        self._rebuild_dataset()
+
+    def _rebuild_dataset(self) -> None:
+        from avalanche.benchmarks.utils import concat_datasets
+        from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_classification_dataset
+
+        parts = [_make_taskaware_classification_dataset(_Pairs(x, y, self.y_as_tensor), task_labels=t,
+                                                        targets=y.tolist())
+                 for t, (x, y) in sorted(self.store.items()) if len(y)]
+        self.buffer = concat_datasets(parts)
+
+    def resize(self, strategy, new_size):
+        self.max_size = new_size
+        self._rebalance()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for t, (x, y) in self.store.items():
+            out[f"x/{t}"], out[f"y/{t}"] = x, y
+        return out
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        tasks = sorted({int(k.split("/")[1]) for k in state})
+        self.store = {t: (state[f"x/{t}"], state[f"y/{t}"]) for t in tasks}
+        self._rebuild_dataset()
+
+
+class _Pairs(torch.utils.data.Dataset):
+    def __init__(self, x, y, y_as_tensor: bool):
+        self.x, self.y, self.y_as_tensor = x, y, y_as_tensor
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], (self.y[i] if self.y_as_tensor else int(self.y[i]))
+
+
+class _TensorReplayPlugin(ReplayPlugin):
+    def before_training_exp(self, strategy, *args, **kwargs):
+        if len(self.storage_policy.buffer):
+            self.storage_policy.match_labels(strategy.adapted_dataset[0])
+        super().before_training_exp(strategy, *args, **kwargs)
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.storage_policy.post_adapt(strategy, strategy.experience)  # (ReplayPlugin's call is deprecated)
+
+
+# -- parameter dicts <-> flat tensor dicts (the method-state file) ----------------------------
+def _flat(prefix: str, params: dict) -> dict[str, torch.Tensor]:
+    return {f"{prefix}/{k}": (v.data if isinstance(v, ParamData) else v).detach().cpu().clone()
+            for k, v in params.items()}
+
+
+def _unflat(prefix: str, state: dict[str, torch.Tensor], device) -> dict[str, ParamData]:
+    start = prefix + "/"
+    return {k[len(start):]: ParamData(k[len(start):], device=device, init_tensor=v.clone())
+            for k, v in state.items() if k.startswith(start)}
+
+
+class AvalancheMethod(TaskIncrementalStrategy):
+    """Common to the Avalanche strategies: the multi-head network, its files and the state file."""
+
+    def __init__(self, *, cfg, assets, task_classes, progress=None):
+        opts = method_options(cfg, self.name, self.Options)
+        backbone = assets.pretrained_model()
+        feature_dim = backbone.feature_dim
+        set_head(backbone, nn.Identity())
+        model = MultiHeadNet(backbone, feature_dim)
+        model.add_head(0, task_classes[0], cfg.seed)
+        self.cl_plugin = self.make_plugin(opts, cfg)
+        super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model,
+                         plugins=[self.cl_plugin], options=opts, progress=progress)
+
+    def make_plugin(self, opts, cfg):
+        raise NotImplementedError
+
+    def prepare_task(self, t, num_classes):
+        self.model.add_head(t, num_classes, self.cfg.seed + t)
+
+    # -- what is stored -----------------------------------------------------------------------
+    def method_state(self) -> dict[str, torch.Tensor]:
+        """Tensors the method keeps besides the network (written as ``method-state.<name>``)."""
+        return {}
+
+    def load_method_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def _state_path(self, directory) -> Path:
+        return Path(directory) / f"method-state.{self.name}"
+
+    def export_task(self, t, directory):
+        directory = Path(directory)
+        backbone = self.model.backbone.state_dict()
+        save_state_artifact(directory / NETWORK_FILE, backbone, kind="cl-network", task=t,
+                            header={"arch": self.cfg.arch, "method": self.name})
+        for j in range(t + 1):  # every head: replay and LwF also move old ones
+            save_state_artifact(self.task_file(directory, j, "head"), {"weight": self.model.heads[str(j)].weight},
+                                kind="cl-head", task=j, header={"num_classes": self.task_classes[j]})
+        state = self.method_state()
+        if state:
+            save_state_artifact(self._state_path(directory), state, kind=f"{self.name}-state", task=t,
+                                header={"method": self.name})
+        return [self.task_file(directory, t, "head")]
+
+    def rebuild_task(self, t, directory):
+        _, backbone, _ = load_state_artifact(Path(directory) / NETWORK_FILE, "cl-network")
+        header, head, _ = load_state_artifact(self.task_file(directory, t, "head"), "cl-head")
+        model = build_arch(self.cfg.arch, header["num_classes"], self.assets.in_channels)
+        model.load_state_dict({**backbone, "fc.weight": head["weight"]})
+        return model.eval()
+
+    def assist_files(self, directory):
+        files = [Path(directory) / NETWORK_FILE]
+        return files + ([self._state_path(directory)] if self.method_state() else [])
+
+    def task_summary(self, t):
+        """Bytes of what is stored after task t, by kind (network, heads, method state)."""
+        params = lambda tensors: sum(v.numel() * v.element_size() for v in tensors)  # noqa: E731
+        return {"stored_tensor_bytes": {
+            "network": params(self.model.backbone.state_dict().values()),
+            "heads": params([self.model.heads[str(j)].weight for j in range(t + 1)]),
+            "method_state": params(self.method_state().values())}}
+
+    # -- resume ---------------------------------------------------------------------------------
+    def restore_checkpoint_state(self, state):
+        for j in range(state["task"] + 1):  # every head the saved model has
+            self.prepare_task(j, self.task_classes[j])
+        super().restore_checkpoint_state(state)
+
+    def extra_state(self):
+        return {"method_state": self.method_state()}
+
+    def load_extra_state(self, extra):
+        self.load_method_state(extra.get("method_state", {}))
+
+
+# -- EWC ------------------------------------------------------------------------------------------
+@dataclass
+class EWCOptions:
+    ewc_lambda: float = 100.0   # penalty weight (Avalanche has no default)
+    mode: str = "separate"      # separate: one penalty per past task; online: one, decayed
+    decay_factor: float | None = None  # online mode only
+
+    def __post_init__(self):
+        if self.mode not in ("separate", "online"):
+            raise ConfigError(f"ewc.mode must be separate or online (got {self.mode!r})")
+        if (self.mode == "online") != (self.decay_factor is not None):
+            raise ConfigError("ewc.decay_factor is needed in online mode and only there "
+                              "(e.g. --set ewc.mode=online --set ewc.decay_factor=0.9)")
+        if self.ewc_lambda < 0:
+            raise ConfigError(f"ewc.ewc_lambda must be >= 0 (got {self.ewc_lambda})")
+
+
+@METHODS.register("ewc")
+class EWC(AvalancheMethod):
+    """Avalanche's ``EWCPlugin`` (Kirkpatrick et al. 2017)."""
+    name = "ewc"
+    Options = EWCOptions
+
+    def make_plugin(self, opts, cfg):
+        return EWCPlugin(opts.ewc_lambda, mode=opts.mode, decay_factor=opts.decay_factor)
+
+    def _last(self) -> int | None:
+        return max(self.cl_plugin.importances) if self.cl_plugin.importances else None
+
+    def method_state(self):
+        p, last, out = self.cl_plugin, self._last(), {}
+        for e in sorted(p.importances):
+            out.update(_flat(f"importance/{e}", p.importances[e]))
+            if e != last and e in p.saved_params:  # the last task's weights are the stored network
+                out.update(_flat(f"params/{e}", p.saved_params[e]))
+        return out
+
+    def load_method_state(self, state):
+        p, dev = self.cl_plugin, self.device
+        tasks = sorted({int(k.split("/")[1]) for k in state if k.startswith("importance/")})
+        p.importances, p.saved_params = defaultdict(dict), defaultdict(dict)
+        for e in tasks:
+            p.importances[e] = _unflat(f"importance/{e}", state, dev)
+            p.saved_params[e] = _unflat(f"params/{e}", state, dev)
+        if tasks:
+            p.saved_params[tasks[-1]] = copy_params_dict(self.model)
+
+
+# -- SI --------------------------------------------------------------------------------------------
+@dataclass
+class SIOptions:
+    si_lambda: float = 1.0
+    eps: float = 1e-7
+
+
+class _CopyingSIPlugin(SynapticIntelligencePlugin):
+    """Avalanche 0.6's SI with its weight snapshots copied. Its ``extract_weights`` stores
+    ``param.detach().cpu().flatten()``, which on CPU is a view of the live parameter, so the
+    anchor and the pre-step weights move with the weights: the penalty and the path integral
+    stay 0 (on a GPU ``.cpu()`` copies and the plugin works). Here they are copies everywhere."""
+
+    def _copy(self, target: dict) -> None:
+        for name, param in self.allowed_parameters(self._model, self.excluded_parameters):
+            target[name].data = param.detach().flatten().clone().cpu()
+
+    def before_training_exp(self, strategy, **kwargs):
+        super().before_training_exp(strategy, **kwargs)
+        self._model = strategy.model
+        self._copy(self.ewc_data[0])
+
+    def before_training_iteration(self, strategy, **kwargs):
+        self._model = strategy.model
+        self._copy(self.syn_data["old_theta"])
+
+
+@METHODS.register("si")
+class SI(AvalancheMethod):
+    """Avalanche's ``SynapticIntelligencePlugin`` (Zenke et al. 2017), snapshots copied (see above)."""
+    name = "si"
+    Options = SIOptions
+
+    def make_plugin(self, opts, cfg):
+        return _CopyingSIPlugin(opts.si_lambda, eps=opts.eps)
+
+    def method_state(self):
+        p = self.cl_plugin
+        return {**_flat("importance", p.ewc_data[1]), **_flat("cum_trajectory", p.syn_data["cum_trajectory"])}
+
+    def load_method_state(self, state):
+        if not state:
+            return
+        p = self.cl_plugin
+        imp, cum = _unflat("importance", state, "cpu"), _unflat("cum_trajectory", state, "cpu")
+        # the anchors are the stored network; the per-step buffers restart every task
+        anchor = {n: ParamData(n, init_tensor=v.detach().cpu().flatten().clone())
+                  for n, v in self.model.named_parameters() if n in imp}
+        p.ewc_data = (anchor, imp)
+        p.syn_data = {"cum_trajectory": cum, **{k: {n: ParamData(n, shape=v.shape, device="cpu") for n, v in imp.items()}
+                                                for k in ("old_theta", "new_theta", "grad", "trajectory")}}
+
+
+# -- MAS -------------------------------------------------------------------------------------------
+@dataclass
+class MASOptions:
+    lambda_reg: float = 1.0
+    alpha: float = 0.5
+
+
+@METHODS.register("mas")
+class MAS(AvalancheMethod):
+    """Avalanche's ``MASPlugin`` (Aljundi et al. 2018)."""
+    name = "mas"
+    Options = MASOptions
+
+    def make_plugin(self, opts, cfg):
+        return MASPlugin(lambda_reg=opts.lambda_reg, alpha=opts.alpha)
+
+    def method_state(self):
+        return _flat("importance", self.cl_plugin.importance) if self.cl_plugin.importance else {}
+
+    def load_method_state(self, state):
+        if state:
+            self.cl_plugin.importance = _unflat("importance", state, self.device)
+            self.cl_plugin.params = dict(copy_params_dict(self.model))  # the anchors are the stored network
+
+
+# -- LwF -------------------------------------------------------------------------------------------
+@dataclass
+class LwFOptions:
+    alpha: float = 1.0
+    temperature: float = 2.0
+
+
+@METHODS.register("lwf")
+class LwF(AvalancheMethod):
+    """Avalanche's ``LwFPlugin`` (Li & Hoiem 2017): distils the previous network's old heads."""
+    name = "lwf"
+    Options = LwFOptions
+
+    def make_plugin(self, opts, cfg):
+        return LwFPlugin(alpha=opts.alpha, temperature=opts.temperature)
+
+    def extra_state(self):
+        lwf = self.cl_plugin.lwf
+        return {"expcount": lwf.expcount,
+                "classes": {int(t): sorted(int(c) for c in cs) for t, cs in lwf.prev_classes_by_task.items()}}
+
+    def load_extra_state(self, extra):
+        lwf = self.cl_plugin.lwf
+        lwf.expcount = extra.get("expcount", 0)
+        lwf.prev_classes_by_task = defaultdict(set, {t: set(cs) for t, cs in extra.get("classes", {}).items()})
+        lwf.prev_model = copy.deepcopy(self.model) if lwf.expcount else None  # the teacher is the stored network
+
+
+# -- Replay ----------------------------------------------------------------------------------------
+@dataclass
+class ReplayOptions:
+    mem_size: int = 200              # samples kept over all tasks (Avalanche's default)
+    batch_size_mem: int | None = None  # replayed samples per mini-batch (default: batch_size)
+
+    def __post_init__(self):
+        if self.mem_size < 1:
+            raise ConfigError(f"replay.mem_size must be >= 1 (got {self.mem_size})")
+
+
+@METHODS.register("replay")
+class Replay(AvalancheMethod):
+    """Avalanche's ``ReplayPlugin`` with an experience-balanced buffer of ``mem_size`` samples."""
+    name = "replay"
+    Options = ReplayOptions
+
+    def make_plugin(self, opts, cfg):
+        self.buffer = TensorReplayBuffer(opts.mem_size, seed=cfg.seed)
+        return _TensorReplayPlugin(mem_size=opts.mem_size, batch_size_mem=opts.batch_size_mem,
+                                  storage_policy=self.buffer)
+
+    def method_state(self):
+        return self.buffer.state()
+
+    def load_method_state(self, state):
+        if state:
+            self.buffer.load(state)
+

@@ -1,0 +1,139 @@
+"""Avalanche's strategies (EWC, SI, MAS, LwF, Replay) as methods: the models rebuilt from the stored
+files are the trained multi-head network exactly, the regulariser / buffer does what it claims,
+memory is the files on disk, and three of them run through the runner with a report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from baselines.avalanche_methods import MultiHeadNet, NETWORK_FILE
+from nws_avalanche.artifact import load_state_artifact
+from nws_avalanche.cli import main as cli
+from tests.baseline_kit import assert_memory_is_files, logits, tiny_bench, tiny_strategy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ALL = ("ewc", "si", "mas", "lwf", "replay")
+
+
+def backbone_vector(strategy) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in strategy.model.backbone.parameters()])
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_rebuilt_models_are_the_trained_network_with_each_head(method, tmp_path):
+    bench = tiny_bench(3)
+    strategy, scenario = tiny_strategy(method, bench)
+    before = None
+    for t, exp in enumerate(scenario.train_stream):
+        strategy.train(exp)
+        assert strategy.export_task(t, tmp_path) == [tmp_path / f"task{t:03d}.head"]
+        for j in range(t + 1):  # task j after task t: the network after task t with head j
+            x = torch.stack([bench.tasks[j].test[i][0] for i in range(len(bench.tasks[j].test))])
+            with torch.no_grad():
+                live = strategy.model.eval()(x, j)
+            assert torch.equal(logits(strategy.rebuild_task(j, tmp_path), bench, j), live)
+        if t == 0:
+            before = logits(strategy.rebuild_task(0, tmp_path), bench, 0)
+    # one shared network: task 0's model changed with the later tasks (what lets it forget)
+    assert not torch.equal(logits(strategy.rebuild_task(0, tmp_path), bench, 0), before)
+    names = {p.name for p in tmp_path.iterdir()}
+    state_file = f"method-state.{method}"
+    assert (state_file in names) == (method != "lwf")
+    assert [p.name for p in strategy.assist_files(tmp_path)] == [NETWORK_FILE] + ([state_file] if method != "lwf" else [])
+
+
+def test_ewc_penalty_holds_the_fisher_weighted_drift_down():
+    bench = tiny_bench(2, n_train=64)
+    drift = {}
+    for lam in (0, 1000):
+        strategy, scenario = tiny_strategy("ewc", bench, f"ewc.ewc_lambda={lam}", "epochs=3")
+        exps = list(scenario.train_stream)
+        strategy.train(exps[0])
+        a = backbone_vector(strategy)
+        fisher = torch.cat([v.data.flatten() for k, v in strategy.cl_plugin.importances[0].items()
+                            if k.startswith("backbone.")])
+        strategy.train(exps[1])
+        drift[lam] = float((fisher * (backbone_vector(strategy) - a) ** 2).sum())
+    assert drift[1000] < 0.5 * drift[0]
+
+
+@pytest.mark.parametrize("method,option,strong", [("si", "si_lambda", 10000), ("mas", "lambda_reg", 100),
+                                                  ("lwf", "alpha", 10)])
+def test_regulariser_keeps_task0_outputs_closer(method, option, strong):
+    """A strong penalty / distillation changes task 0's outputs (on task 1's inputs) less than none."""
+    bench = tiny_bench(2, n_train=64)
+    x1 = torch.stack([bench.tasks[1].train[i][0] for i in range(64)])
+    change = {}
+    for value in (0, strong):
+        strategy, scenario = tiny_strategy(method, bench, f"{method}.{option}={value}", "epochs=3")
+        exps = list(scenario.train_stream)
+        strategy.train(exps[0])
+        with torch.no_grad():
+            before = strategy.model.eval()(x1, 0)
+        strategy.train(exps[1])
+        with torch.no_grad():
+            change[value] = float((strategy.model.eval()(x1, 0) - before).pow(2).mean())
+    assert change[strong] < 0.6 * change[0]
+
+
+def test_replay_buffer_holds_real_samples_balanced_and_is_the_state_file(tmp_path):
+    bench = tiny_bench(3, n_train=32)
+    strategy, scenario = tiny_strategy("replay", bench, "replay.mem_size=30")
+    for t, exp in enumerate(scenario.train_stream):
+        strategy.train(exp)
+        strategy.export_task(t, tmp_path)
+    _, state, _ = load_state_artifact(tmp_path / "method-state.replay", "replay-state")
+    for t in range(3):  # 30 samples over 3 tasks: 10 each, each one of that task's training samples
+        x, y = state[f"x/{t}"], state[f"y/{t}"]
+        assert len(x) == len(y) == 10
+        train_x, train_y = bench.tasks[t].train.tensors
+        for xi, yi in zip(x, y):
+            hit = (train_x == xi).flatten(1).all(1).nonzero().flatten()
+            assert len(hit) and int(train_y[hit[0]]) == int(yi)
+    stored = sum(v.numel() * v.element_size() for v in state.values())
+    assert stored == strategy.task_summary(2)["stored_tensor_bytes"]["method_state"] == 30 * (12 * 12 * 4 + 8)
+
+
+def test_mixed_task_batch_gives_each_sample_its_own_heads_logits():
+    torch.manual_seed(0)
+    net = MultiHeadNet(torch.nn.Flatten(), 6)
+    net.add_head(0, 2, seed=1)
+    net.add_head(1, 3, seed=2)
+    x, tl = torch.randn(5, 6), torch.tensor([0, 1, 1, 0, 1])
+    out = net(x, tl)
+    for i in range(5):
+        own = net(x[i:i + 1], int(tl[i]))[0]
+        torch.testing.assert_close(out[i, :len(own)], own, rtol=1e-6, atol=1e-7)  # GEMMs of other sizes
+        assert torch.isinf(out[i, len(own):]).all()
+    loss = torch.nn.functional.cross_entropy(out, torch.tensor([1, 2, 0, 0, 1]))
+    assert torch.isfinite(loss)
+
+
+def test_bad_option_is_exit_2(tmp_path, capsys):
+    assert cli(["run", "--methods", "ewc", "--out", str(tmp_path), "--set", "ewc.mode=sometimes"]) == 2
+    assert "ewc.mode" in capsys.readouterr().err
+    assert not (tmp_path / "split-digits").exists()
+
+
+def test_three_methods_through_the_runner_with_report(tmp_path):
+    """split-digits, tiny config: EWC, LwF and Replay run, memory is the files, the report has them."""
+    out = tmp_path / "runs"
+    rc = cli(["run", "--methods", "ewc,lwf,replay", "--out", str(out),
+              "--set", "arch=resnet-tiny", "--set", "epochs=1", "--set", "pretrained=random",
+              "--set", "benchmark_options.tasks=2", "--set", "benchmark_options.image_size=8",
+              "--set", "batch_size=128", "--set", "replay.mem_size=40"])
+    assert rc == 0
+    report = (out / "report" / "report.md").read_text()
+    for method, assist in [("ewc", ["network.dense", "method-state.ewc"]), ("lwf", ["network.dense"]),
+                           ("replay", ["network.dense", "method-state.replay"])]:
+        res = json.loads((out / "split-digits" / method / "seed0" / "results.json").read_text())
+        assert_memory_is_files(res, out, method)
+        assert res["memory_mib"]["files"]["assist"] == assist
+        assert res["memory_mib"]["files"]["per_task"] == [["task000.head"], ["task001.head"]]
+        assert f"| {method}" in report and (out / "report" / f"accuracy_matrix_split-digits_{method}.png").is_file()
+    _, buf, _ = load_state_artifact(out / "split-digits" / "replay" / "seed0" / "artifacts" / "method-state.replay",
+                                    "replay-state")
+    assert [len(buf["y/0"]), len(buf["y/1"])] == [20, 20]
