@@ -1,12 +1,12 @@
-"""Avalanche's own continual-learning strategies as methods: EWC, SI, MAS, LwF and Replay.
+"""Avalanche's own continual-learning strategies as methods: EWC, SI, MAS, LwF, Replay and GEM.
 
 Each is Avalanche's plugin (``EWCPlugin``, ``SynapticIntelligencePlugin``, ``MASPlugin``,
-``LwFPlugin``, ``ReplayPlugin``) on ``TaskIncrementalStrategy``, in the task-incremental
+``LwFPlugin``, ``ReplayPlugin``, ``GEMPlugin``) on ``TaskIncrementalStrategy``, in the task-incremental
 multi-head setting on the same streams, backbone, pretrained start and optimiser settings as the
 other methods: ONE network is trained through all tasks (the pretrained backbone, continued),
 with one bias-free head per task (``MultiHeadNet``, an Avalanche ``MultiTaskModule``). Options
 are the plugins' own, under ``--set <name>.<option>=`` (dataclasses below; defaults Avalanche's,
-except EWC's lambda, which Avalanche leaves to the user).
+except EWC's lambda and GEM's memory size, which Avalanche leaves to the user: tune them).
 
 What a run stores, i.e. what the method must keep to serve every task and to go on learning:
 
@@ -16,16 +16,20 @@ What a run stores, i.e. what the method must keep to serve every task and to go 
 - ``method-state.<name>``, the method's own state, counted as assist: EWC the per-task
   reference weights and Fisher importances (mode ``separate``: every past task's; ``online``: one
   set), SI its importances and accumulated path integral, MAS its importances, Replay its
-  buffer (``mem_size`` samples as the loader yields them, float32, with labels and task ids).
+  buffer (``mem_size`` samples in all, as the loader yields them, float32, with labels), GEM its
+  per-task memories (``patterns_per_experience`` samples per task, with labels and task ids).
   A reference copy equal to the stored network (SI's/MAS's anchors, EWC's last task's weights,
   LwF's teacher) is not stored twice: at rest it is the network, and it is rebuilt from it.
   LwF keeps only the network (its teacher) and the seen classes per task.
 
 Task j's accuracy after task t is measured on the network after task t with head j (rebuilt from
-the files above), so the accuracy matrices show these methods' forgetting. Deviations: Replay's
+the files above), so the accuracy matrices show these methods' forgetting. Deviations: two
+Avalanche 0.6 defects are fixed in subclasses (SI's weight snapshots are views of the weights on
+CPU, so its penalty was 0; GEM dropped the old heads' part of its projection). Replay's
 buffer is experience-balanced random selection (Avalanche's default policy) held as tensors, so
 it is saved and resumed exactly; the samples are taken as the training loader yields them
-(augmented once). Mixed-task mini-batches (Replay) pass through the backbone together and each
+(augmented once). MAS's importance pass runs the network in train mode (Avalanche's code), so
+the stored BatchNorm statistics include that pass. Mixed-task mini-batches (Replay) pass through the backbone together and each
 sample's logits outside its task's head are -inf, so the loss is each sample's own-task CE.
 """
 from __future__ import annotations
@@ -38,7 +42,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from avalanche.models import MultiTaskModule
-from avalanche.training.plugins import EWCPlugin, LwFPlugin, MASPlugin, ReplayPlugin, SynapticIntelligencePlugin
+from avalanche.training.plugins import (EWCPlugin, GEMPlugin, LwFPlugin, MASPlugin, ReplayPlugin,
+                                        SynapticIntelligencePlugin)
 from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.utils import ParamData, copy_params_dict
 
@@ -287,7 +292,8 @@ class EWC(AvalancheMethod):
 
     def method_state(self):
         p, last, out = self.cl_plugin, self._last(), {}
-        for e in sorted(p.importances):
+        # online mode uses only the latest importances (Avalanche keeps the older ones unused)
+        for e in (sorted(p.importances) if p.mode == "separate" else [last] if last is not None else []):
             out.update(_flat(f"importance/{e}", p.importances[e]))
             if e != last and e in p.saved_params:  # the last task's weights are the stored network
                 out.update(_flat(f"params/{e}", p.saved_params[e]))
@@ -439,3 +445,51 @@ class Replay(AvalancheMethod):
         if state:
             self.buffer.load(state)
 
+
+
+# -- GEM -------------------------------------------------------------------------------------------
+@dataclass
+class GEMOptions:
+    patterns_per_experience: int = 256  # samples kept per task (the GEM paper's 256)
+    memory_strength: float = 0.5        # gamma: margin that favours backward transfer
+
+    def __post_init__(self):
+        if self.patterns_per_experience < 1:
+            raise ConfigError(f"gem.patterns_per_experience must be >= 1 (got {self.patterns_per_experience})")
+
+
+class _AllParamsGEMPlugin(GEMPlugin):
+    """Avalanche 0.6's GEM writes the projected gradient only into parameters that have a gradient;
+    with one head per task the old heads have none in a new task's step, so their part of the
+    projection was dropped and steps could still raise a past task's memory loss. Zero gradients
+    are given to every parameter first, so the whole projection is applied."""
+
+    @torch.no_grad()
+    def after_backward(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter > 0:
+            for p in strategy.model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        super().after_backward(strategy, **kwargs)
+
+
+@METHODS.register("gem")
+class GEM(AvalancheMethod):
+    """Avalanche's ``GEMPlugin`` (Lopez-Paz & Ranzato 2017), the projection applied to every
+    parameter (see above): no step raises a past task's memory loss to first order."""
+    name = "gem"
+    Options = GEMOptions
+
+    def make_plugin(self, opts, cfg):
+        return _AllParamsGEMPlugin(opts.patterns_per_experience, opts.memory_strength)
+
+    def method_state(self):
+        p = self.cl_plugin
+        return {f"{kind}/{t}": getattr(p, f"memory_{kind}")[t].cpu()
+                for t in sorted(p.memory_x) for kind in ("x", "y", "tid")}
+
+    def load_method_state(self, state):
+        p = self.cl_plugin
+        for kind in ("x", "y", "tid"):
+            setattr(p, f"memory_{kind}", {int(k.split("/")[1]): v for k, v in state.items()
+                                          if k.startswith(kind + "/")})

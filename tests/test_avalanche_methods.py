@@ -15,7 +15,7 @@ from tests.baseline_kit import assert_memory_is_files, logits, tiny_bench, tiny_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ALL = ("ewc", "si", "mas", "lwf", "replay")
+ALL = ("ewc", "si", "mas", "lwf", "replay", "gem")
 
 
 def backbone_vector(strategy) -> torch.Tensor:
@@ -25,7 +25,7 @@ def backbone_vector(strategy) -> torch.Tensor:
 @pytest.mark.parametrize("method", ALL)
 def test_rebuilt_models_are_the_trained_network_with_each_head(method, tmp_path):
     bench = tiny_bench(3)
-    strategy, scenario = tiny_strategy(method, bench)
+    strategy, scenario = tiny_strategy(method, bench, *(["gem.patterns_per_experience=8"] if method == "gem" else []))
     before = None
     for t, exp in enumerate(scenario.train_stream):
         strategy.train(exp)
@@ -77,6 +77,27 @@ def test_regulariser_keeps_task0_outputs_closer(method, option, strong):
         with torch.no_grad():
             change[value] = float((strategy.model.eval()(x1, 0) - before).pow(2).mean())
     assert change[strong] < 0.6 * change[0]
+
+
+def test_gem_steps_never_oppose_a_past_tasks_memory_gradient():
+    from avalanche.core import SupervisedPlugin
+
+    class Probe(SupervisedPlugin):  # runs after GEM's projection in after_backward
+        dots = []
+
+        def after_backward(self, strategy, **kw):
+            if strategy.clock.train_exp_counter > 0:
+                g = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
+                               for p in strategy.model.parameters()])
+                G = strategy.cl_plugin.G
+                self.dots.append(float((G.double() @ g.double()).min() / (G.norm() * g.norm())))
+
+    bench = tiny_bench(3, n_train=64)
+    strategy, scenario = tiny_strategy("gem", bench, "gem.patterns_per_experience=16", "gem.memory_strength=0")
+    strategy.plugins.append(Probe())
+    for exp in scenario.train_stream:
+        strategy.train(exp)
+    assert len(Probe.dots) == 8 and min(Probe.dots) > -1e-4  # 2 tasks x 4 steps, all projected or agreeing
 
 
 def test_replay_buffer_holds_real_samples_balanced_and_is_the_state_file(tmp_path):
