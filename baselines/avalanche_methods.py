@@ -4,7 +4,8 @@ Each is Avalanche's plugin (``EWCPlugin``, ``SynapticIntelligencePlugin``, ``MAS
 ``LwFPlugin``, ``ReplayPlugin``, ``GEMPlugin``) on ``TaskIncrementalStrategy``, in the task-incremental
 multi-head setting on the same streams, backbone, pretrained start and optimiser settings as the
 other methods: ONE network is trained through all tasks (the pretrained backbone, continued),
-with one bias-free head per task (``MultiHeadNet``, an Avalanche ``MultiTaskModule``). Options
+with one bias-free head per task (``MultiHeadNet``, an Avalanche ``MultiTaskModule``; task t's
+head starts from task t-1's by the shared head rule, ``TaskIncrementalStrategy.task_head``). Options
 are the plugins' own, under ``--set <name>.<option>=`` (dataclasses below; defaults Avalanche's,
 except EWC's lambda and GEM's memory size, which Avalanche leaves to the user: tune them).
 
@@ -51,8 +52,8 @@ from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.config import method_options
 from nws_avalanche.errors import ConfigError
 from nws_avalanche.methods import METHODS
-from nws_avalanche.models import build_arch, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, fresh_head
+from nws_avalanche.models import build_arch, get_head, set_head
+from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
 
 NETWORK_FILE = "network.dense"
 
@@ -65,11 +66,10 @@ class MultiHeadNet(MultiTaskModule):
         self.backbone, self.feature_dim = backbone, feature_dim
         self.heads = nn.ModuleDict()
 
-    def add_head(self, t: int, num_classes: int, seed: int) -> None:
-        if str(t) not in self.heads:
-            self.heads[str(t)] = fresh_head(self.feature_dim, num_classes, seed)
+    def add_head(self, t: int, head: nn.Linear) -> None:
+        self.heads[str(t)] = head
         self.known_train_tasks_labels.add(t)
-        self.max_class_label = max(self.max_class_label, num_classes)
+        self.max_class_label = max(self.max_class_label, head.out_features)
 
     def forward_single_task(self, x, task_label):
         return self.heads[str(task_label)](self.backbone(x))
@@ -189,11 +189,11 @@ class AvalancheMethod(TaskIncrementalStrategy):
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
         opts = method_options(cfg, self.name, self.Options)
-        backbone = assets.pretrained_model()
-        feature_dim = backbone.feature_dim
+        backbone = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
+        head0 = get_head(backbone)
         set_head(backbone, nn.Identity())
-        model = MultiHeadNet(backbone, feature_dim)
-        model.add_head(0, task_classes[0], cfg.seed)
+        model = MultiHeadNet(backbone, backbone.feature_dim)
+        model.add_head(0, head0)
         self.cl_plugin = self.make_plugin(opts, cfg)
         super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model,
                          plugins=[self.cl_plugin], options=opts, progress=progress)
@@ -202,7 +202,8 @@ class AvalancheMethod(TaskIncrementalStrategy):
         raise NotImplementedError
 
     def prepare_task(self, t, num_classes):
-        self.model.add_head(t, num_classes, self.cfg.seed + t)
+        if str(t) not in self.model.heads:  # the shared rule, carrying over the previous task's head
+            self.model.add_head(t, self.task_head(t, num_classes, previous=self.model.heads[str(t - 1)]))
 
     # -- what is stored -----------------------------------------------------------------------
     def method_state(self) -> dict[str, torch.Tensor]:

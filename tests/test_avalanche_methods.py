@@ -121,8 +121,8 @@ def test_replay_buffer_holds_real_samples_balanced_and_is_the_state_file(tmp_pat
 def test_mixed_task_batch_gives_each_sample_its_own_heads_logits():
     torch.manual_seed(0)
     net = MultiHeadNet(torch.nn.Flatten(), 6)
-    net.add_head(0, 2, seed=1)
-    net.add_head(1, 3, seed=2)
+    net.add_head(0, torch.nn.Linear(6, 2, bias=False))
+    net.add_head(1, torch.nn.Linear(6, 3, bias=False))
     x, tl = torch.randn(5, 6), torch.tensor([0, 1, 1, 0, 1])
     out = net(x, tl)
     for i in range(5):
