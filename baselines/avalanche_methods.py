@@ -30,8 +30,9 @@ CPU, so its penalty was 0; GEM dropped the old heads' part of its projection). R
 buffer is experience-balanced random selection (Avalanche's default policy) held as tensors, so
 it is saved and resumed exactly; the samples are taken as the training loader yields them
 (augmented once). MAS's importance pass runs the network in train mode (Avalanche's code), so
-the stored BatchNorm statistics include that pass. Mixed-task mini-batches (Replay) pass through the backbone together and each
-sample's logits outside its task's head are -inf, so the loss is each sample's own-task CE.
+the stored BatchNorm statistics include that pass. Mixed-task mini-batches (Replay) pass through
+the backbone together and each sample's logits outside its task's head are -inf, so the loss is
+each sample's own-task CE.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.config import method_options
 from nws_avalanche.errors import ConfigError
 from nws_avalanche.methods import METHODS
-from nws_avalanche.models import build_arch, get_head, set_head
+from nws_avalanche.models import build_arch, get_head, head_name, set_head
 from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
 
 NETWORK_FILE = "network.dense"
@@ -112,9 +113,10 @@ class TensorReplayBuffer(ExemplarsBuffer):
         data = exp.dataset
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
         order = torch.randperm(len(data), generator=gen)[:self.max_size]
-        xs, ys = zip(*[(data[i][0], int(data[i][1])) for i in order.tolist()]) if len(order) else ((), ())
-        if xs:
-            self.store[t] = (torch.stack(xs).float(), torch.tensor(ys, dtype=torch.long))
+        samples = [data[i] for i in order.tolist()]  # one read each (a read may draw an augmentation)
+        if samples:
+            self.store[t] = (torch.stack([s[0] for s in samples]).float(),
+                             torch.tensor([int(s[1]) for s in samples], dtype=torch.long))
         self._rebalance()
 
     def _rebalance(self) -> None:
@@ -234,12 +236,12 @@ class AvalancheMethod(TaskIncrementalStrategy):
         _, backbone, _ = load_state_artifact(Path(directory) / NETWORK_FILE, "cl-network")
         header, head, _ = load_state_artifact(self.task_file(directory, t, "head"), "cl-head")
         model = build_arch(self.cfg.arch, header["num_classes"], self.assets.in_channels)
-        model.load_state_dict({**backbone, "fc.weight": head["weight"]})
+        model.load_state_dict({**backbone, f"{head_name(model)}.weight": head["weight"]})
         return model.eval()
 
     def assist_files(self, directory):
-        files = [Path(directory) / NETWORK_FILE]
-        return files + ([self._state_path(directory)] if self.method_state() else [])
+        state = self._state_path(directory)
+        return [Path(directory) / NETWORK_FILE] + ([state] if state.is_file() else [])
 
     def task_summary(self, t):
         """Bytes of what is stored after task t, by kind (network, heads, method state)."""
@@ -360,8 +362,8 @@ class SI(AvalancheMethod):
         anchor = {n: ParamData(n, init_tensor=v.detach().cpu().flatten().clone())
                   for n, v in self.model.named_parameters() if n in imp}
         p.ewc_data = (anchor, imp)
-        p.syn_data = {"cum_trajectory": cum, **{k: {n: ParamData(n, shape=v.shape, device="cpu") for n, v in imp.items()}
-                                                for k in ("old_theta", "new_theta", "grad", "trajectory")}}
+        zeros = lambda: {n: ParamData(n, shape=v.shape, device="cpu") for n, v in imp.items()}  # noqa: E731
+        p.syn_data = {"cum_trajectory": cum, **{k: zeros() for k in ("old_theta", "new_theta", "grad", "trajectory")}}
 
 
 # -- MAS -------------------------------------------------------------------------------------------

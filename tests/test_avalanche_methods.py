@@ -42,7 +42,8 @@ def test_rebuilt_models_are_the_trained_network_with_each_head(method, tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
     state_file = f"method-state.{method}"
     assert (state_file in names) == (method != "lwf")
-    assert [p.name for p in strategy.assist_files(tmp_path)] == [NETWORK_FILE] + ([state_file] if method != "lwf" else [])
+    expected = [NETWORK_FILE] + ([state_file] if method != "lwf" else [])
+    assert [p.name for p in strategy.assist_files(tmp_path)] == expected
 
 
 def test_ewc_penalty_holds_the_fisher_weighted_drift_down():

@@ -13,14 +13,16 @@ def add_arguments(p):
     p.add_argument("file", help="inspect: pool file (.nwsp); import: the authors' pretraining checkpoint "
                                 "({'model': state_dict}) or their shared_kernel_pools.pt")
     p.add_argument("--checkpoint", metavar="FILE", default=None,
-                   help="inspect: torchvision-format state_dict: report entries its kernels use and the quantisation error")
+                   help="inspect: torchvision-format state_dict: report entries its kernels use and the "
+                        "quantisation error")
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--arch", default=None, help="import: our architecture the file is for (resnet18, resnet34)")
     p.add_argument("--out", metavar="FILE", default=None, help="import: pool file to write (.nwsp)")
     p.add_argument("--pretrained-out", metavar="FILE", default=None,
                    help="import (checkpoint only): write their network as a state_dict for --set pretrained=FILE")
     p.add_argument("--quantised", action="store_true",
-                   help="import: the network's NWS layers take their nearest pool vectors (default: continuous weights)")
+                   help="import: the network's NWS layers take their nearest pool vectors "
+                        "(default: continuous weights)")
 
 
 def main(args):
