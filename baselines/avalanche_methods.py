@@ -317,7 +317,11 @@ class EWC(AvalancheMethod):
 @dataclass
 class SIOptions:
     si_lambda: float = 1.0
-    eps: float = 1e-7
+    eps: float = 1e-7  # damping of the path integral's denominator
+
+    def __post_init__(self):
+        if self.si_lambda < 0 or self.eps <= 0:
+            raise ConfigError(f"si.si_lambda must be >= 0 and si.eps > 0 (got {self.si_lambda}, {self.eps})")
 
 
 class _CopyingSIPlugin(SynapticIntelligencePlugin):
@@ -370,7 +374,12 @@ class SI(AvalancheMethod):
 @dataclass
 class MASOptions:
     lambda_reg: float = 1.0
-    alpha: float = 0.5
+    alpha: float = 0.5  # weight of the previous importances when merging in a task's
+
+    def __post_init__(self):
+        if self.lambda_reg < 0 or not 0 <= self.alpha <= 1:
+            raise ConfigError(f"mas.lambda_reg must be >= 0 and mas.alpha in [0, 1] "
+                              f"(got {self.lambda_reg}, {self.alpha})")
 
 
 @METHODS.register("mas")
@@ -394,8 +403,12 @@ class MAS(AvalancheMethod):
 # -- LwF -------------------------------------------------------------------------------------------
 @dataclass
 class LwFOptions:
-    alpha: float = 1.0
+    alpha: float = 1.0        # weight of the distillation loss
     temperature: float = 2.0
+
+    def __post_init__(self):
+        if self.alpha < 0 or self.temperature <= 0:
+            raise ConfigError(f"lwf.alpha must be >= 0 and lwf.temperature > 0 (got {self.alpha}, {self.temperature})")
 
 
 @METHODS.register("lwf")
@@ -428,6 +441,8 @@ class ReplayOptions:
     def __post_init__(self):
         if self.mem_size < 1:
             raise ConfigError(f"replay.mem_size must be >= 1 (got {self.mem_size})")
+        if self.batch_size_mem is not None and self.batch_size_mem < 1:
+            raise ConfigError(f"replay.batch_size_mem must be >= 1 (got {self.batch_size_mem})")
 
 
 @METHODS.register("replay")
@@ -457,8 +472,9 @@ class GEMOptions:
     memory_strength: float = 0.5        # gamma: margin that favours backward transfer
 
     def __post_init__(self):
-        if self.patterns_per_experience < 1:
-            raise ConfigError(f"gem.patterns_per_experience must be >= 1 (got {self.patterns_per_experience})")
+        if self.patterns_per_experience < 1 or self.memory_strength < 0:
+            raise ConfigError(f"gem.patterns_per_experience must be >= 1 and gem.memory_strength >= 0 "
+                              f"(got {self.patterns_per_experience}, {self.memory_strength})")
 
 
 class _AllParamsGEMPlugin(GEMPlugin):

@@ -134,9 +134,15 @@ def test_mixed_task_batch_gives_each_sample_its_own_heads_logits():
     assert torch.isfinite(loss)
 
 
-def test_bad_option_is_exit_2(tmp_path, capsys):
-    assert cli(["run", "--methods", "ewc", "--out", str(tmp_path), "--set", "ewc.mode=sometimes"]) == 2
-    assert "ewc.mode" in capsys.readouterr().err
+@pytest.mark.parametrize("method,item,named", [("ewc", "ewc.mode=sometimes", "ewc.mode"),
+                                               ("ewc", "ewc.decay_factor=0.9", "ewc.decay_factor"),
+                                               ("lwf", "lwf.temperature=0", "lwf.temperature"),
+                                               ("mas", "mas.alpha=2", "mas.alpha"),
+                                               ("replay", "replay.mem_size=0", "replay.mem_size"),
+                                               ("gem", "gem.patterns=3", "gem.patterns")])
+def test_bad_option_is_exit_2(tmp_path, capsys, method, item, named):
+    assert cli(["run", "--methods", method, "--out", str(tmp_path), "--set", item]) == 2
+    assert named in capsys.readouterr().err
     assert not (tmp_path / "split-digits").exists()
 
 
