@@ -131,6 +131,19 @@ def test_quantised_network_is_nearest_pool_rows(tmp_path, monkeypatch):
     assert all(torch.equal(cont[k], quant[k]) for k in cont if k.rsplit(".", 1)[0] not in pools.tables)
 
 
+def test_lightning_checkpoint_with_backbone_prefix_reads_the_same(tmp_path, monkeypatch):
+    ckpt, _, _ = write_theirs(tmp_path, blocks=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_k=3, in_ch=1,
+                              monkeypatch=monkeypatch)
+    blob = torch.load(ckpt, weights_only=True)
+    lightning = tmp_path / "checkpoint.pt"  # their main.py's trainer.save_checkpoint: 'state_dict', 'backbone.'
+    torch.save({"state_dict": {"backbone." + k.removeprefix("module."): v for k, v in blob["model"].items()},
+                "epoch": 3}, lightning)
+    a_pools, a_state, _ = import_authors(ckpt, "resnet-tiny", in_channels=1)
+    b_pools, b_state, _ = import_authors(lightning, "resnet-tiny", in_channels=1)
+    assert a_pools.digest == b_pools.digest and a_state.keys() == b_state.keys()
+    assert all(torch.equal(a_state[k], b_state[k]) for k in a_state)
+
+
 def test_grouped_vectors_follow_their_layout():
     torch.manual_seed(0)
     w, gs = torch.randn(4, 6, 1, 1), 3
