@@ -1,7 +1,7 @@
-"""Avalanche's own continual-learning strategies as methods: EWC, SI, MAS, LwF, Replay and GEM.
+"""Avalanche's own continual-learning strategies as methods: EWC, SI, MAS, LwF, Replay, GEM, A-GEM.
 
 Each is Avalanche's plugin (``EWCPlugin``, ``SynapticIntelligencePlugin``, ``MASPlugin``,
-``LwFPlugin``, ``ReplayPlugin``, ``GEMPlugin``) on ``TaskIncrementalStrategy``, in the task-incremental
+``LwFPlugin``, ``ReplayPlugin``, ``GEMPlugin``, ``AGEMPlugin``) on ``TaskIncrementalStrategy``, in the task-incremental
 multi-head setting on the same streams, backbone, pretrained start and optimiser settings as the
 other methods: ONE network is trained through all tasks (the pretrained backbone, continued),
 with one bias-free head per task (``MultiHeadNet``, an Avalanche ``MultiTaskModule``; task t's
@@ -17,8 +17,9 @@ What a run stores, i.e. what the method must keep to serve every task and to go 
 - ``method-state.<name>``, the method's own state, counted as assist: EWC the per-task
   reference weights and Fisher importances (mode ``separate``: every past task's; ``online``: one
   set), SI its importances and accumulated path integral, MAS its importances, Replay its
-  buffer (``mem_size`` samples in all, as the loader yields them, float32, with labels), GEM its
-  per-task memories (``patterns_per_experience`` samples per task, with labels and task ids).
+  buffer (``mem_size`` samples in all, as the loader yields them, float32, with labels), GEM and
+  A-GEM their per-task memories (``patterns_per_experience`` samples per task, with labels; GEM's
+  with task ids).
   A reference copy equal to the stored network (SI's/MAS's anchors, EWC's last task's weights,
   LwF's teacher) is not stored twice: at rest it is the network, and it is rebuilt from it.
   LwF keeps only the network (its teacher) and the seen classes per task.
@@ -26,13 +27,13 @@ What a run stores, i.e. what the method must keep to serve every task and to go 
 Task j's accuracy after task t is measured on the network after task t with head j (rebuilt from
 the files above), so the accuracy matrices show these methods' forgetting. Deviations: two
 Avalanche 0.6 defects are fixed in subclasses (SI's weight snapshots are views of the weights on
-CPU, so its penalty was 0; GEM dropped the old heads' part of its projection). Replay's
-buffer is experience-balanced random selection (Avalanche's default policy) held as tensors, so
-it is saved and resumed exactly; the samples are taken as the training loader yields them
-(augmented once). MAS's importance pass runs the network in train mode (Avalanche's code), so
+CPU, so its penalty was 0; GEM and A-GEM dropped the old heads' part of their projection). Replay's
+buffer (experience-balanced random selection, Avalanche's default policy) and A-GEM's memories
+are held as tensors, so they are saved and resumed exactly; stored samples are taken as the
+training loader yields them (augmented once). MAS's importance pass runs the network in train mode (Avalanche's code), so
 the stored BatchNorm statistics include that pass. Mixed-task mini-batches (Replay) pass through
 the backbone together and each sample's logits outside its task's head are -inf, so the loss is
-each sample's own-task CE.
+each sample's own-task CE (A-GEM's reference batches likewise).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from avalanche.models import MultiTaskModule
-from avalanche.training.plugins import (EWCPlugin, GEMPlugin, LwFPlugin, MASPlugin, ReplayPlugin,
+from avalanche.training.plugins import (AGEMPlugin, EWCPlugin, GEMPlugin, LwFPlugin, MASPlugin, ReplayPlugin,
                                         SynapticIntelligencePlugin)
 from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.utils import ParamData, copy_params_dict
@@ -512,3 +513,73 @@ class GEM(AvalancheMethod):
         for kind in ("x", "y", "tid"):
             setattr(p, f"memory_{kind}", {int(k.split("/")[1]): v for k, v in state.items()
                                           if k.startswith(kind + "/")})
+
+
+# -- A-GEM -----------------------------------------------------------------------------------------
+@dataclass
+class AGEMOptions:
+    patterns_per_experience: int = 256  # samples kept per task
+    sample_size: int = 256              # memory samples per step for the reference gradient
+
+    def __post_init__(self):
+        if self.patterns_per_experience < 1 or self.sample_size < 1:
+            raise ConfigError(f"agem.patterns_per_experience and agem.sample_size must be >= 1 "
+                              f"(got {self.patterns_per_experience}, {self.sample_size})")
+
+
+class _TensorAGEMPlugin(AGEMPlugin):
+    """Avalanche 0.6's A-GEM with its memory held as tensors ``{task: (x, y)}`` (saved and resumed
+    exactly) and each step's reference batch drawn with torch's RNG, which the runner reseeds per
+    task: ``sample_size // tasks`` distinct samples of every past task (Avalanche: a group-balanced
+    infinite loader over the same memories). As for GEM, the projection reaches every parameter."""
+
+    def __init__(self, patterns_per_experience: int, sample_size: int, seed: int):
+        super().__init__(patterns_per_experience, sample_size)
+        self.seed = seed
+        self.memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def after_training_exp(self, strategy, **kwargs):
+        t, data = strategy.experience.current_experience, strategy.experience.dataset
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+        samples = [data[i] for i in torch.randperm(len(data), generator=gen)[:self.patterns_per_experience].tolist()]
+        self.memory[t] = (torch.stack([s[0] for s in samples]).float(),
+                          torch.tensor([int(s[1]) for s in samples], dtype=torch.long))
+        self.buffers = sorted(self.memory)  # Avalanche's hooks only test that it is non-empty
+
+    def sample_from_memory(self):
+        per = max(self.sample_size // len(self.memory), 1)
+        xs, ys, ts = [], [], []
+        for t, (x, y) in sorted(self.memory.items()):
+            idx = torch.randperm(len(y))[:per]
+            xs.append(x[idx])
+            ys.append(y[idx])
+            ts.append(torch.full((len(idx),), t, dtype=torch.long))
+        return torch.cat(xs), torch.cat(ys), torch.cat(ts)
+
+    @torch.no_grad()
+    def after_backward(self, strategy, **kwargs):
+        if self.memory:
+            for p in strategy.model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        super().after_backward(strategy, **kwargs)
+
+
+@METHODS.register("agem")
+class AGEM(AvalancheMethod):
+    """Avalanche's ``AGEMPlugin`` (Chaudhry et al. 2019): a step that would raise the loss on a
+    memory batch is projected onto the half-space where it does not; the memories are its state."""
+    name = "agem"
+    Options = AGEMOptions
+
+    def make_plugin(self, opts, cfg):
+        return _TensorAGEMPlugin(opts.patterns_per_experience, opts.sample_size, cfg.seed)
+
+    def method_state(self):
+        return {f"{kind}/{t}": pair[i] for t, pair in sorted(self.cl_plugin.memory.items())
+                for i, kind in enumerate(("x", "y"))}
+
+    def load_method_state(self, state):
+        tasks = sorted({int(k.split("/")[1]) for k in state})
+        self.cl_plugin.memory = {t: (state[f"x/{t}"], state[f"y/{t}"]) for t in tasks}
+        self.cl_plugin.buffers = tasks

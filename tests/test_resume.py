@@ -62,7 +62,8 @@ def _copy_assist(src, dst):
                                          ("packnet", []), ("ksm", []), ("aqd", []), ("ewc", []),
                                          ("ewc", ["ewc.mode=online", "ewc.decay_factor=0.9"]), ("si", []),
                                          ("mas", []), ("lwf", []), ("replay", ["replay.mem_size=50"]),
-                                         ("gem", ["gem.patterns_per_experience=16"])])
+                                         ("gem", ["gem.patterns_per_experience=16"]),
+                                         ("agem", ["agem.patterns_per_experience=16", "agem.sample_size=8"])])
 def test_interrupted_then_resumed_equals_uninterrupted(assist, tmp_path, method, sets):
     from nws_avalanche.config import build_config
     from nws_avalanche.runner import run_dir, run_single
