@@ -12,8 +12,8 @@ except EWC's lambda and GEM's memory size, which Avalanche leaves to the user: t
 What a run stores, i.e. what the method must keep to serve every task and to go on learning:
 
 - ``network.dense``: the final shared network (fp32; rewritten after every task; assist);
-- ``task<t>.head``: task t's head (fp32; rewritten after every task, since replay and LwF also
-  train old heads);
+- ``task<t>.head``: task t's head (fp32; rewritten after every task: Replay, LwF, GEM, A-GEM
+  also train old heads);
 - ``method-state.<name>``, the method's own state, counted as assist: EWC the per-task
   reference weights and Fisher importances (mode ``separate``: every past task's; ``online``: one
   set), SI its importances and accumulated path integral, MAS its importances, Replay its
@@ -224,7 +224,7 @@ class AvalancheMethod(TaskIncrementalStrategy):
         backbone = self.model.backbone.state_dict()
         save_state_artifact(directory / NETWORK_FILE, backbone, kind="cl-network", task=t,
                             header={"arch": self.cfg.arch, "method": self.name})
-        for j in range(t + 1):  # every head: replay and LwF also move old ones
+        for j in range(t + 1):  # every head: Replay, LwF, GEM and A-GEM also move old ones
             save_state_artifact(self.task_file(directory, j, "head"), {"weight": self.model.heads[str(j)].weight},
                                 kind="cl-head", task=j, header={"num_classes": self.task_classes[j]})
         state = self.method_state()
