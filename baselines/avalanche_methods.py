@@ -11,18 +11,19 @@ except EWC's lambda and GEM's memory size, which Avalanche leaves to the user: t
 
 What a run stores, i.e. what the method must keep to serve every task and to go on learning:
 
-- ``network.dense``: the final shared network (fp32; rewritten after every task; assist);
-- ``task<t>.head``: task t's head (fp32; rewritten after every task: Replay, LwF, GEM, A-GEM
-  also train old heads);
-- ``method-state.<name>``, the method's own state, counted as assist: EWC the per-task
+- ``network.dense``: the final network, the shared backbone and every task's head (fp32),
+  rewritten after every task (Replay, LwF, GEM and A-GEM also train old heads), so no file is a
+  task's alone: memory is all "assist" (shared), and a run cannot go back to an earlier task's
+  state (a lost file means ``--overwrite``);
+- ``method-state.<name>``, the method's own state, also shared: EWC the per-task
   reference weights and Fisher importances (mode ``separate``: every past task's; ``online``: one
   set), SI its importances and accumulated path integral, MAS its importances, Replay its
   buffer (``mem_size`` samples in all, as the loader yields them, float32, with labels), GEM and
   A-GEM their per-task memories (``patterns_per_experience`` samples per task, with labels; GEM's
   with task ids).
-  A reference copy equal to the stored network (SI's/MAS's anchors, EWC's last task's weights,
-  LwF's teacher) is not stored twice: at rest it is the network, and it is rebuilt from it.
-  LwF keeps only the network (its teacher) and the seen classes per task.
+  LwF the classes seen per task. A reference copy equal to the stored network (SI's/MAS's
+  anchors, EWC's last task's weights, LwF's teacher) is not stored twice: at rest it is the
+  network, and it is rebuilt from it.
 
 Task j's accuracy after task t is measured on the network after task t with head j (rebuilt from
 the files above), so the accuracy matrices show these methods' forgetting. Deviations: two
@@ -30,8 +31,8 @@ Avalanche 0.6 defects are fixed in subclasses (SI's weight snapshots are views o
 CPU, so its penalty was 0; GEM and A-GEM dropped the old heads' part of their projection). Replay's
 buffer (experience-balanced random selection, Avalanche's default policy) and A-GEM's memories
 are held as tensors, so they are saved and resumed exactly; stored samples are taken as the
-training loader yields them (augmented once). MAS's importance pass runs the network in train mode (Avalanche's code), so
-the stored BatchNorm statistics include that pass. Mixed-task mini-batches (Replay) pass through
+training loader yields them (augmented once). MAS's importance pass runs the network in train
+mode (Avalanche's code), so the stored BatchNorm statistics include that pass. Mixed-task mini-batches (Replay) pass through
 the backbone together and each sample's logits outside its task's head are -inf, so the loss is
 each sample's own-task CE (A-GEM's reference batches likewise).
 """
@@ -52,7 +53,7 @@ from avalanche.training.utils import ParamData, copy_params_dict
 
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.config import method_options
-from nws_avalanche.errors import ConfigError
+from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, get_head, head_name, set_head
 from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
@@ -181,10 +182,13 @@ def _flat(prefix: str, params: dict) -> dict[str, torch.Tensor]:
             for k, v in params.items()}
 
 
-def _unflat(prefix: str, state: dict[str, torch.Tensor], device) -> dict[str, ParamData]:
+def _unflat(prefix: str, state: dict[str, torch.Tensor], device, model: nn.Module) -> dict[str, ParamData]:
+    """The entries under ``prefix``, in ``model``'s parameter order (Avalanche pairs dicts by
+    position, e.g. EWC's online update)."""
     start = prefix + "/"
-    return {k[len(start):]: ParamData(k[len(start):], device=device, init_tensor=v.clone())
-            for k, v in state.items() if k.startswith(start)}
+    order = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+    names = sorted((k[len(start):] for k in state if k.startswith(start)), key=lambda n: (order.get(n, len(order)), n))
+    return {n: ParamData(n, device=device, init_tensor=state[start + n].clone()) for n in names}
 
 
 class AvalancheMethod(TaskIncrementalStrategy):
@@ -220,32 +224,53 @@ class AvalancheMethod(TaskIncrementalStrategy):
         return Path(directory) / f"method-state.{self.name}"
 
     def export_task(self, t, directory):
+        """Rewrites the shared files; no file is task t's alone (its head is in the network file,
+        which later tasks rewrite), so the list is empty."""
         directory = Path(directory)
-        backbone = self.model.backbone.state_dict()
-        save_state_artifact(directory / NETWORK_FILE, backbone, kind="cl-network", task=t,
-                            header={"arch": self.cfg.arch, "method": self.name})
-        for j in range(t + 1):  # every head: Replay, LwF, GEM and A-GEM also move old ones
-            save_state_artifact(self.task_file(directory, j, "head"), {"weight": self.model.heads[str(j)].weight},
-                                kind="cl-head", task=j, header={"num_classes": self.task_classes[j]})
+        save_state_artifact(directory / NETWORK_FILE, self.model.state_dict(), kind="cl-network", task=t,
+                            header={"arch": self.cfg.arch, "method": self.name,
+                                    "num_classes": self.task_classes[:t + 1]})
         state = self.method_state()
         if state:
             save_state_artifact(self._state_path(directory), state, kind=f"{self.name}-state", task=t,
                                 header={"method": self.name})
-        return [self.task_file(directory, t, "head")]
+        return []
+
+    def _read_network(self, directory) -> tuple[dict, dict[str, torch.Tensor]]:
+        header, state, _ = load_state_artifact(Path(directory) / NETWORK_FILE, "cl-network")
+        return header, state
 
     def rebuild_task(self, t, directory):
-        _, backbone, _ = load_state_artifact(Path(directory) / NETWORK_FILE, "cl-network")
-        header, head, _ = load_state_artifact(self.task_file(directory, t, "head"), "cl-head")
-        model = build_arch(self.cfg.arch, header["num_classes"], self.assets.in_channels)
-        model.load_state_dict({**backbone, f"{head_name(model)}.weight": head["weight"]})
+        header, state = self._read_network(directory)
+        if t > header["task"]:
+            raise ArtifactError(f"{Path(directory) / NETWORK_FILE} holds tasks 0..{header['task']}, not task {t}")
+        model = build_arch(self.cfg.arch, header["num_classes"][t], self.assets.in_channels)
+        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        model.load_state_dict({**backbone, f"{head_name(model)}.weight": state[f"heads.{t}.weight"]})
         return model.eval()
+
+    def restore_from_files(self, t, directory):
+        """The state after task ``t`` from the shared files, which hold the state after their last
+        task only: an earlier task's state is gone (the network moved on), so that is an error."""
+        header, state = self._read_network(directory)
+        if header["task"] != t:
+            raise ArtifactError(f"{Path(directory) / NETWORK_FILE} holds the network after task {header['task']}; "
+                                f"{self.name} keeps no earlier state, so the run cannot continue from task {t}: "
+                                f"rerun with --overwrite to redo it")
+        for j in range(t + 1):
+            self.prepare_task(j, self.task_classes[j])
+        self.model.load_state_dict(state)
+        self.model.to(self.device)
+        path = self._state_path(directory)
+        self.load_method_state(load_state_artifact(path, f"{self.name}-state")[1] if path.is_file() else {})
+        self.clock.train_exp_counter = t + 1  # what the plugins count past tasks with
 
     def assist_files(self, directory):
         state = self._state_path(directory)
         return [Path(directory) / NETWORK_FILE] + ([state] if state.is_file() else [])
 
     def task_summary(self, t):
-        """Bytes of what is stored after task t, by kind (network, heads, method state)."""
+        """Bytes of the tensors stored after task t, by kind (network, heads, method state)."""
         params = lambda tensors: sum(v.numel() * v.element_size() for v in tensors)  # noqa: E731
         return {"stored_tensor_bytes": {
             "network": params(self.model.backbone.state_dict().values()),
@@ -296,7 +321,7 @@ class EWC(AvalancheMethod):
 
     def method_state(self):
         p, last, out = self.cl_plugin, self._last(), {}
-        # online mode uses only the latest importances (Avalanche keeps the older ones unused)
+        # online mode uses (and Avalanche keeps) only the latest importances
         for e in (sorted(p.importances) if p.mode == "separate" else [last] if last is not None else []):
             out.update(_flat(f"importance/{e}", p.importances[e]))
             if e != last and e in p.saved_params:  # the last task's weights are the stored network
@@ -308,8 +333,8 @@ class EWC(AvalancheMethod):
         tasks = sorted({int(k.split("/")[1]) for k in state if k.startswith("importance/")})
         p.importances, p.saved_params = defaultdict(dict), defaultdict(dict)
         for e in tasks:
-            p.importances[e] = _unflat(f"importance/{e}", state, dev)
-            p.saved_params[e] = _unflat(f"params/{e}", state, dev)
+            p.importances[e] = _unflat(f"importance/{e}", state, dev, self.model)
+            p.saved_params[e] = _unflat(f"params/{e}", state, dev, self.model)
         if tasks:
             p.saved_params[tasks[-1]] = copy_params_dict(self.model)
 
@@ -362,7 +387,7 @@ class SI(AvalancheMethod):
         if not state:
             return
         p = self.cl_plugin
-        imp, cum = _unflat("importance", state, "cpu"), _unflat("cum_trajectory", state, "cpu")
+        imp, cum = _unflat("importance", state, "cpu", self.model), _unflat("cum_trajectory", state, "cpu", self.model)
         # the anchors are the stored network; the per-step buffers restart every task
         anchor = {n: ParamData(n, init_tensor=v.detach().cpu().flatten().clone())
                   for n, v in self.model.named_parameters() if n in imp}
@@ -397,7 +422,7 @@ class MAS(AvalancheMethod):
 
     def load_method_state(self, state):
         if state:
-            self.cl_plugin.importance = _unflat("importance", state, self.device)
+            self.cl_plugin.importance = _unflat("importance", state, self.device, self.model)
             self.cl_plugin.params = dict(copy_params_dict(self.model))  # the anchors are the stored network
 
 
@@ -421,16 +446,16 @@ class LwF(AvalancheMethod):
     def make_plugin(self, opts, cfg):
         return LwFPlugin(alpha=opts.alpha, temperature=opts.temperature)
 
-    def extra_state(self):
-        lwf = self.cl_plugin.lwf
-        return {"expcount": lwf.expcount,
-                "classes": {int(t): sorted(int(c) for c in cs) for t, cs in lwf.prev_classes_by_task.items()}}
+    def method_state(self):
+        """The classes seen per task (which old-head units are distilled); the teacher is the network."""
+        return {f"classes/{t}": torch.tensor(sorted(int(c) for c in cs), dtype=torch.long)
+                for t, cs in sorted(self.cl_plugin.lwf.prev_classes_by_task.items())}
 
-    def load_extra_state(self, extra):
+    def load_method_state(self, state):
         lwf = self.cl_plugin.lwf
-        lwf.expcount = extra.get("expcount", 0)
-        lwf.prev_classes_by_task = defaultdict(set, {t: set(cs) for t, cs in extra.get("classes", {}).items()})
-        lwf.prev_model = copy.deepcopy(self.model) if lwf.expcount else None  # the teacher is the stored network
+        lwf.prev_classes_by_task = defaultdict(set, {int(k.split("/")[1]): set(v.tolist()) for k, v in state.items()})
+        lwf.expcount = len(lwf.prev_classes_by_task)
+        lwf.prev_model = copy.deepcopy(self.model) if lwf.expcount else None
 
 
 # -- Replay ----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 
 from baselines.avalanche_methods import MultiHeadNet, NETWORK_FILE
 from nws_avalanche.artifact import load_state_artifact
+from nws_avalanche.errors import ArtifactError
 from nws_avalanche.cli import main as cli
 from tests.baseline_kit import assert_memory_is_files, logits, tiny_bench, tiny_strategy
 
@@ -30,7 +31,7 @@ def test_rebuilt_models_are_the_trained_network_with_each_head(method, tmp_path)
     before = None
     for t, exp in enumerate(scenario.train_stream):
         strategy.train(exp)
-        assert strategy.export_task(t, tmp_path) == [tmp_path / f"task{t:03d}.head"]
+        assert strategy.export_task(t, tmp_path) == []  # every file is shared and rewritten
         for j in range(t + 1):  # task j after task t: the network after task t with head j
             x = torch.stack([bench.tasks[j].test[i][0] for i in range(len(bench.tasks[j].test))])
             with torch.no_grad():
@@ -40,11 +41,20 @@ def test_rebuilt_models_are_the_trained_network_with_each_head(method, tmp_path)
             before = logits(strategy.rebuild_task(0, tmp_path), bench, 0)
     # one shared network: task 0's model changed with the later tasks (what lets it forget)
     assert not torch.equal(logits(strategy.rebuild_task(0, tmp_path), bench, 0), before)
-    names = {p.name for p in tmp_path.iterdir()}
-    state_file = f"method-state.{method}"
-    assert (state_file in names) == (method != "lwf")
-    expected = [NETWORK_FILE] + ([state_file] if method != "lwf" else [])
-    assert [p.name for p in strategy.assist_files(tmp_path)] == expected
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([NETWORK_FILE, f"method-state.{method}"])
+    assert [p.name for p in strategy.assist_files(tmp_path)] == [NETWORK_FILE, f"method-state.{method}"]
+    # the state after the last task comes back from the files alone (a run resumed without checkpoint)
+    again, _ = tiny_strategy(method, bench, *small.get(method, []))
+    again.restore_from_files(2, tmp_path)
+    assert again.clock.train_exp_counter == 3
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(),
+                                                 strategy.model.state_dict().values()))
+    state = {k: v.clone() for k, v in again.method_state().items()}
+    assert state.keys() == strategy.method_state().keys()
+    assert all(torch.equal(state[k], v) for k, v in strategy.method_state().items())
+    with pytest.raises(ArtifactError, match="--overwrite"):  # an earlier task's state is gone
+        again.restore_from_files(1, tmp_path)
 
 
 def test_ewc_penalty_holds_the_fisher_weighted_drift_down():
@@ -180,13 +190,40 @@ def test_three_methods_through_the_runner_with_report(tmp_path):
               "--set", "batch_size=128", "--set", "replay.mem_size=40"])
     assert rc == 0
     report = (out / "report" / "report.md").read_text()
-    for method, assist in [("ewc", ["network.dense", "method-state.ewc"]), ("lwf", ["network.dense"]),
-                           ("replay", ["network.dense", "method-state.replay"])]:
+    for method in ("ewc", "lwf", "replay"):
         res = json.loads((out / "split-digits" / method / "seed0" / "results.json").read_text())
         assert_memory_is_files(res, out, method)
-        assert res["memory_mib"]["files"]["assist"] == assist
-        assert res["memory_mib"]["files"]["per_task"] == [["task000.head"], ["task001.head"]]
+        assert res["memory_mib"]["files"]["assist"] == ["network.dense", f"method-state.{method}"]
+        assert res["memory_mib"]["files"]["per_task"] == [[], []]
         assert f"| {method}" in report and (out / "report" / f"accuracy_matrix_split-digits_{method}.png").is_file()
     _, buf, _ = load_state_artifact(out / "split-digits" / "replay" / "seed0" / "artifacts" / "method-state.replay",
                                     "replay-state")
     assert [len(buf["y/0"]), len(buf["y/1"])] == [20, 20]
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_resume_without_checkpoint_continues_from_the_files(tmp_path, method):
+    """checkpoint.pt lost after task 0: the rerun takes the state after task 0 from the shared files
+    (network, method state) and ends exactly as an uninterrupted run."""
+    from nws_avalanche.config import build_config
+    from nws_avalanche.runner import run_dir, run_single
+
+    sets = ["arch=resnet-tiny", "epochs=1", "pretrained=random", "benchmark_options.tasks=2",
+            "benchmark_options.image_size=8", "batch_size=64", "replay.mem_size=30",
+            "gem.patterns_per_experience=16", "agem.patterns_per_experience=16", "agem.sample_size=8"]
+    cfg = build_config([], sets, method=method)
+    expected = run_single(cfg, tmp_path / "full", progress=False)
+
+    def stop(t, acc, strategy):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_single(cfg, tmp_path / "cut", progress=False, callbacks=[stop])
+    rdir = run_dir(tmp_path / "cut", cfg)
+    (rdir / "checkpoint.pt").unlink()
+    seen = []
+    resumed = run_single(cfg, tmp_path / "cut", progress=False, callbacks=[lambda t, acc, s: seen.append(t)])
+    assert seen == [1]
+    assert resumed["accuracy_matrix"] == expected["accuracy_matrix"]
+    full = run_dir(tmp_path / "full", cfg) / "artifacts"
+    assert all((rdir / "artifacts" / p.name).read_bytes() == p.read_bytes() for p in full.iterdir())
