@@ -23,7 +23,8 @@ What a run stores, i.e. what the method must keep to serve every task and to go 
   with task ids).
   LwF the classes seen per task. A reference copy equal to the stored network (SI's/MAS's
   anchors, EWC's last task's weights, LwF's teacher) is not stored twice: at rest it is the
-  network, and it is rebuilt from it.
+  network, and it is rebuilt from it. The paper's accounting (``paper_bytes``) counts each
+  task's head per task and the backbone and method state as shared.
 
 Task j's accuracy after task t is measured on the network after task t with head j (rebuilt from
 the files above), so the accuracy matrices show these methods' forgetting. Deviations: two
@@ -51,6 +52,7 @@ from avalanche.training.plugins import (AGEMPlugin, EWCPlugin, GEMPlugin, LwFPlu
 from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.utils import ParamData, copy_params_dict
 
+from nws_avalanche import paper_memory as paper
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.config import method_options
 from nws_avalanche.errors import ArtifactError, ConfigError
@@ -264,6 +266,19 @@ class AvalancheMethod(TaskIncrementalStrategy):
         path = self._state_path(directory)
         self.load_method_state(load_state_artifact(path, f"{self.name}-state")[1] if path.is_file() else {})
         self.clock.train_exp_counter = t + 1  # what the plugins count past tasks with
+
+    # -- the paper's accounting (nws_avalanche.paper_memory): a head per task, the rest shared ----
+    def paper_bytes(self, t, directory) -> int:
+        _, state = self._read_network(directory)
+        return paper.torch_save_bytes({"weight": state[f"heads.{t}.weight"]})
+
+    def paper_assist_bytes(self, directory) -> int:
+        _, state = self._read_network(directory)
+        total = paper.bn_and_rest_bytes({k: v for k, v in state.items() if k.startswith("backbone.")})
+        path = self._state_path(directory)
+        if path.is_file():
+            total += paper.torch_save_bytes(load_state_artifact(path, f"{self.name}-state")[1])
+        return total
 
     def assist_files(self, directory):
         state = self._state_path(directory)
