@@ -227,3 +227,25 @@ def test_resume_without_checkpoint_continues_from_the_files(tmp_path, method):
     assert resumed["accuracy_matrix"] == expected["accuracy_matrix"]
     full = run_dir(tmp_path / "full", cfg) / "artifacts"
     assert all((rdir / "artifacts" / p.name).read_bytes() == p.read_bytes() for p in full.iterdir())
+
+
+@pytest.mark.parametrize("head_init", ["pretrained", "fresh"])
+def test_heads_follow_the_shared_rule(head_init):
+    """Task 0: the pretrained head's first rows (or fresh); task t: task t-1's head kept, truncated or
+    extended (or fresh), as every method does (``TaskIncrementalStrategy.task_head``)."""
+    from nws_avalanche.template import fresh_head, resized_head
+
+    bench = tiny_bench(3)
+    strategy, _ = tiny_strategy("lwf", bench, f"head_init={head_init}")
+    pre = strategy.assets.pretrained_state["fc.weight"]
+    heads = strategy.model.heads
+    seed = strategy.cfg.seed
+    first = pre[:2] if head_init == "pretrained" else fresh_head(pre.shape[1], 2, seed).weight
+    assert torch.equal(heads["0"].weight, first)
+    with torch.no_grad():  # stands for task 0's training
+        heads["0"].weight.add_(1.0)
+    strategy.task_classes[1] = 3
+    strategy.prepare_task(1, 3)
+    want = (resized_head(heads["0"].weight, 3, seed + 1) if head_init == "pretrained"
+            else fresh_head(pre.shape[1], 3, seed + 1)).weight
+    assert torch.equal(heads["1"].weight, want) and torch.equal(heads["0"].weight, first + 1)
