@@ -172,8 +172,8 @@ def test_wrong_architecture_refused_naming_the_layer(tmp_path, monkeypatch, caps
 
 
 def test_bad_pool_length_refused(tmp_path, monkeypatch, capsys):
-    ckpt, _, theirs = write_theirs(tmp_path, blocks=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_k=3, in_ch=1,
-                                   monkeypatch=monkeypatch)
+    ckpt, _, _ = write_theirs(tmp_path, blocks=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_k=3, in_ch=1,
+                              monkeypatch=monkeypatch)
     blob = torch.load(ckpt, weights_only=True)
     blob["model"]["module.conv3_x.NwsRes0.residual_function.3.qtz.embed"] = torch.zeros(18, 8)
     torch.save(blob, ckpt)
