@@ -1,13 +1,14 @@
 """Avalanche's own continual-learning strategies as methods: EWC, SI, MAS, LwF, Replay, GEM, A-GEM.
 
 Each is Avalanche's plugin (``EWCPlugin``, ``SynapticIntelligencePlugin``, ``MASPlugin``,
-``LwFPlugin``, ``ReplayPlugin``, ``GEMPlugin``, ``AGEMPlugin``) on ``TaskIncrementalStrategy``, in the task-incremental
-multi-head setting on the same streams, backbone, pretrained start and optimiser settings as the
-other methods: ONE network is trained through all tasks (the pretrained backbone, continued),
-with one bias-free head per task (``MultiHeadNet``, an Avalanche ``MultiTaskModule``; task t's
-head starts from task t-1's by the shared head rule, ``TaskIncrementalStrategy.task_head``). Options
-are the plugins' own, under ``--set <name>.<option>=`` (dataclasses below; defaults Avalanche's,
-except EWC's lambda and GEM's memory size, which Avalanche leaves to the user: tune them).
+``LwFPlugin``, ``ReplayPlugin``, ``GEMPlugin``, ``AGEMPlugin``) on ``TaskIncrementalStrategy``,
+in the task-incremental multi-head setting on the same streams, backbone, pretrained start and
+optimiser settings as the other methods: ONE network is trained through all tasks (the
+pretrained backbone, continued), with one bias-free head per task (``MultiHeadNet``, an
+Avalanche ``MultiTaskModule``; task t's head starts from task t-1's by the shared head rule,
+``TaskIncrementalStrategy.task_head``). Options are the plugins' own, under
+``--set <name>.<option>=`` (dataclasses below; defaults Avalanche's, except EWC's lambda and
+GEM's/A-GEM's memory sizes, which Avalanche leaves to the user: tune them).
 
 What a run stores, i.e. what the method must keep to serve every task and to go on learning:
 
@@ -15,27 +16,26 @@ What a run stores, i.e. what the method must keep to serve every task and to go 
   rewritten after every task (Replay, LwF, GEM and A-GEM also train old heads), so no file is a
   task's alone: memory is all "assist" (shared), and a run cannot go back to an earlier task's
   state (a lost file means ``--overwrite``);
-- ``method-state.<name>``, the method's own state, also shared: EWC the per-task
-  reference weights and Fisher importances (mode ``separate``: every past task's; ``online``: one
-  set), SI its importances and accumulated path integral, MAS its importances, Replay its
-  buffer (``mem_size`` samples in all, as the loader yields them, float32, with labels), GEM and
-  A-GEM their per-task memories (``patterns_per_experience`` samples per task, with labels; GEM's
-  with task ids).
-  LwF the classes seen per task. A reference copy equal to the stored network (SI's/MAS's
-  anchors, EWC's last task's weights, LwF's teacher) is not stored twice: at rest it is the
-  network, and it is rebuilt from it. The paper's accounting (``paper_bytes``) counts each
-  task's head per task and the backbone and method state as shared.
+- ``method-state.<name>``, the method's own state, also shared: EWC the per-task reference
+  weights and Fisher importances (mode ``separate``: every past task's; ``online``: one set),
+  SI its importances and accumulated path integral, MAS its importances, LwF the classes seen
+  per task, Replay its buffer (``mem_size`` samples in all, as the loader yields them, float32,
+  with labels), GEM and A-GEM their per-task memories (``patterns_per_experience`` samples per
+  task, with labels; GEM's with task ids). A reference copy equal to the stored network
+  (SI's/MAS's anchors, EWC's last task's weights, LwF's teacher) is not stored twice: at rest
+  it is the network, and it is rebuilt from it. The paper's accounting (``paper_bytes``) counts
+  each task's head per task and the backbone and method state as shared.
 
 Task j's accuracy after task t is measured on the network after task t with head j (rebuilt from
 the files above), so the accuracy matrices show these methods' forgetting. Deviations: two
 Avalanche 0.6 defects are fixed in subclasses (SI's weight snapshots are views of the weights on
-CPU, so its penalty was 0; GEM and A-GEM dropped the old heads' part of their projection). Replay's
-buffer (experience-balanced random selection, Avalanche's default policy) and A-GEM's memories
-are held as tensors, so they are saved and resumed exactly; stored samples are taken as the
-training loader yields them (augmented once). MAS's importance pass runs the network in train
-mode (Avalanche's code), so the stored BatchNorm statistics include that pass. Mixed-task mini-batches (Replay) pass through
-the backbone together and each sample's logits outside its task's head are -inf, so the loss is
-each sample's own-task CE (A-GEM's reference batches likewise).
+CPU, so its penalty was 0; GEM and A-GEM dropped the old heads' part of their projection).
+Replay's buffer (experience-balanced random selection, Avalanche's default policy) and A-GEM's
+memories are held as tensors, so they are saved and resumed exactly; stored samples are taken
+as the training loader yields them (augmented once). MAS's importance pass runs the network in
+train mode (Avalanche's code), so the stored BatchNorm statistics include that pass. Mixed-task
+mini-batches (Replay, A-GEM's reference batches) pass through the backbone together and each
+sample's logits outside its task's head are -inf, so the loss is each sample's own-task CE.
 """
 from __future__ import annotations
 
