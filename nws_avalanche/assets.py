@@ -1,6 +1,7 @@
 """The assets a run starts from: the pretrained network and the kernel pools.
 
-The pretrained network is a torchvision-format state_dict given by ``pretrained``, or trained on
+The pretrained network is a torchvision-format state_dict given by ``pretrained`` (a file, or
+``imagenet``: torchvision's weights for the arch, see ``hub``), or trained on
 the benchmark's pretrain split when it has one (split-digits), or random (``pretrained: random``,
 for smoke tests). Pools come from ``pool_file`` (validated against the architecture) or are built
 by k-means from the pretrained network. Both are cached under ``<out>/<benchmark>/_assist/`` so
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from .atomic import atomic_write_text
 from .container import file_sha256, pack_state, read_container, unpack_state, write_container
 from .errors import ArtifactError, ConfigError
 from .grouping import group_sizes_for
+from .hub import resolve_pretrained
 from .models import build_arch
 from .pools import PoolSet, build_pools_kmeans
 
@@ -140,6 +142,7 @@ def load_cached_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], int]:
 
 def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool) -> Assets:
     cache_root = Path(cache_root)
+    cfg = replace(cfg, pretrained=resolve_pretrained(cfg.pretrained, cfg.arch))  # imagenet -> cached file
     if cfg.pretrained and cfg.pretrained != "random":
         state, classes = load_torchvision_state(cfg.pretrained, build_arch(cfg.arch, 1, bench.in_channels))
         # keyed on the content: a changed file never reuses pools built from the old one

@@ -50,7 +50,7 @@ class RunConfig:
     group_size: int = 1
     # assets: pools and the pretrained network
     pool_file: str | None = None
-    pretrained: str | None = None  # torchvision-format state_dict, or "random"
+    pretrained: str | None = None  # torchvision-format state_dict, "imagenet" (nws_avalanche.hub), or "random"
     pretrain_epochs: int = 30
     pretrain_lr: float = 0.05
     kmeans_iters: int = 25

@@ -9,6 +9,7 @@ import torch
 from .assets import load_torchvision_state
 from .errors import ConfigError
 from .grouping import group_sizes_for
+from .hub import resolve_pretrained
 from .models import build_arch
 from .pools import PoolSet, build_pools_kmeans, layer_vectors
 from .search import nearest
@@ -26,7 +27,8 @@ class KMeansSettings:
 
 
 def model_from_checkpoint(path: str, arch: str, in_channels: int = 3) -> torch.nn.Module:
-    """The plain ``arch`` with the torchvision-format state_dict at ``path`` loaded."""
+    """The plain ``arch`` with the torchvision-format state_dict at ``path`` (or ``imagenet``) loaded."""
+    path = resolve_pretrained(path, arch)
     state, classes = load_torchvision_state(path, build_arch(arch, 1, in_channels))
     model = build_arch(arch, classes, in_channels)
     model.load_state_dict(state)

@@ -56,8 +56,8 @@ def write_report(roots, out: Path) -> Path:
     atomic_write_text(out / "memory.csv", memory_stats(results).to_csv(index=False))
     atomic_write_text(out / "accuracy.md", acc.to_markdown(index=False) + "\n")
     atomic_write_text(out / "memory.md", mem.to_markdown(index=False) + "\n")
-    atomic_write_text(out / "accuracy.tex", to_latex(acc, "Final accuracy (%) per task and average, "
-                                                          "mean ± std over seeds", "tab:accuracy"))
+    atomic_write_text(out / "accuracy.tex", to_latex(acc, "Final accuracy (%) per task, average and "
+                                                          "forgetting, mean ± std over seeds", "tab:accuracy"))
     atomic_write_text(out / "memory.tex", to_latex(mem, "Memory (MiB): per task, assist, total; the same content "
                                                         "in the NWS paper's accounting (paper columns); "
                                                         "mean ± std over seeds", "tab:memory"))
@@ -68,8 +68,9 @@ def write_report(roots, out: Path) -> Path:
              f"{len(results)} runs: benchmarks {', '.join(benchmarks)}; seeds {', '.join(map(str, seeds))}"
              + (f"; swept keys {', '.join(swept)}" if swept else "") + ".", "",
              "## Accuracy (%)", "",
-             "Final accuracy on every task after the last task, and their average; mean ± std (sample std) "
-             "over seeds. Files: accuracy.md, accuracy.csv, accuracy.tex.", "",
+             "Final accuracy on every task after the last task, and their average; forgetting: the mean drop "
+             "from each task's accuracy right after learning it to its final accuracy (all but the last task); "
+             "mean ± std (sample std) over seeds. Files: accuracy.md, accuracy.csv, accuracy.tex.", "",
              acc.to_markdown(index=False), "",
              "## Memory (MiB)", "",
              "Size on disk of what each task stores (mean per task), of the files all tasks share (assist), "

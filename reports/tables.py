@@ -21,6 +21,14 @@ def group_keys(results: list[dict]) -> list[str]:
     return BASE_KEYS + sweep_keys(results)
 
 
+def forgetting(acc: list[list]) -> float:
+    """Mean over tasks j < T-1 of (accuracy on j right after learning it) - (final accuracy on j):
+    points lost to later tasks (0 for a method that cannot forget; negative: it improved)."""
+    T = len(acc)
+    drops = [acc[j][j] - acc[T - 1][j] for j in range(T - 1)]
+    return sum(drops) / len(drops) if drops else 0.0
+
+
 def runs_frame(results: list[dict]) -> pd.DataFrame:
     keys = sweep_keys(results)
     rows = []
@@ -30,7 +38,7 @@ def runs_frame(results: list[dict]) -> pd.DataFrame:
         sweep = r.get("sweep") or {}
         rows.append({"benchmark": r["benchmark"], "method": r["method"],
                      **{k: str(sweep[k]) if k in sweep else "-" for k in keys}, "seed": r["seed"],
-                     "average_accuracy": r["average_accuracy"],
+                     "average_accuracy": r["average_accuracy"], "forgetting": forgetting(r["accuracy_matrix"]),
                      **{f"acc_{i}": a for i, a in enumerate(r["final_accuracy"])},
                      "mib_per_task": sum(mem["per_task"]) / len(mem["per_task"]),
                      "assist_mib": mem["assist"], "total_mib": mem["total"],
@@ -65,7 +73,7 @@ def _task_cols(df: pd.DataFrame) -> list[str]:
 
 def accuracy_stats(results: list[dict]) -> pd.DataFrame:
     df, keys = runs_frame(results), group_keys(results)
-    return stats(df, keys, _task_cols(df) + ["average_accuracy"])
+    return stats(df, keys, _task_cols(df) + ["average_accuracy", "forgetting"])
 
 
 MEMORY_COLS = ["mib_per_task", "assist_mib", "total_mib", "paper_mib_per_task", "paper_total_mib"]
@@ -80,9 +88,9 @@ def memory_stats(results: list[dict]) -> pd.DataFrame:
 
 
 def accuracy_table(results: list[dict]) -> pd.DataFrame:
-    """Final accuracy (%) on every task and their average, mean ± std over seeds."""
+    """Final accuracy (%) on every task, their average and the forgetting, mean ± std over seeds."""
     df, keys = runs_frame(results), group_keys(results)
-    cols = _task_cols(df) + ["average_accuracy"]
+    cols = _task_cols(df) + ["average_accuracy", "forgetting"]
     names = {c: f"task {c[4:]}" for c in _task_cols(df)} | {"average_accuracy": "average"}
     return _format(stats(df, keys, cols), keys, cols, 2, names)
 

@@ -77,6 +77,21 @@ def test_accuracy_and_memory_stats_equal_hand_computed(results_dir):
     assert mem.loc[("nws", "previous")]["assist_mib"] == pytest.approx(50 / MIB)
 
 
+def test_forgetting_is_the_mean_drop_from_just_learned_to_final():
+    from reports.tables import accuracy_stats, forgetting
+
+    acc = [[80.0, None, None], [70.0, 90.0, None], [60.0, 85.0, 95.0]]
+    assert forgetting(acc) == pytest.approx(((80 - 60) + (90 - 85)) / 2)
+    assert forgetting([[77.0]]) == 0.0
+    runs = [fake_result("ewc", s, [60.0 + s, 85.0, 95.0], [10, 10, 10], 0) for s in (0, 1)]
+    for r, first in zip(runs, (80.0, 84.0)):
+        r["accuracy_matrix"][0][0] = first
+    row = accuracy_stats(runs).set_index("method").loc["ewc"]
+    drops = [((80 - 60) - 1) / 2, ((84 - 61) - 1) / 2]  # task 1: 84 just learned (fake_result), 85 final
+    assert row["forgetting"] == pytest.approx(statistics.fmean(drops))
+    assert row["forgetting_std"] == pytest.approx(statistics.stdev(drops))
+
+
 def test_report_writes_tables_and_every_figure(results_dir, tmp_path):
     from reports.report import write_report
 

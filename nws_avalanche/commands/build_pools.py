@@ -9,7 +9,8 @@ from ..cli import command
 
 def add_arguments(p):
     p.add_argument("--from-checkpoint", required=True, metavar="FILE",
-                   help="torchvision-format state_dict (e.g. torchvision's ImageNet ResNet-18 weights)")
+                   help="torchvision-format state_dict, or 'imagenet': torchvision's ImageNet weights for --arch "
+                        "(from torch's hub cache, downloaded when missing)")
     p.add_argument("--arch", required=True, help="architecture name (nws_avalanche.models.ARCHS)")
     p.add_argument("--out", required=True, metavar="FILE", help="pool file to write (.nwsp)")
     p.add_argument("--pool-size", type=int, default=512, help="K, vectors per layer (default 512)")
