@@ -249,3 +249,30 @@ def test_heads_follow_the_shared_rule(head_init):
     want = (resized_head(heads["0"].weight, 3, seed + 1) if head_init == "pretrained"
             else fresh_head(pre.shape[1], 3, seed + 1)).weight
     assert torch.equal(heads["1"].weight, want) and torch.equal(heads["0"].weight, first + 1)
+
+
+def test_avalanche_evaluation_sees_the_live_network_and_equals_the_files(tmp_path):
+    """Outside the runner, Avalanche's own metrics on task 0 after task 1 are those of the network
+    as it is now (EWC keeps no per-task copy, so its forgetting must show), equal to the model
+    rebuilt from the stored files; the runner's artifact path agrees."""
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+
+    bench = tiny_bench(2)
+    strategy, scenario = tiny_strategy("ewc", bench, "ewc.ewc_lambda=0", "epochs=3")
+    evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
+    strategy.set_evaluator(evaluator)
+    exps = list(scenario.train_stream)
+    for t, exp in enumerate(exps):
+        strategy.train(exp)
+        strategy.export_task(t, tmp_path)
+    metrics = strategy.eval(scenario.test_stream[:1])
+    key = next(k for k in metrics if k.startswith("Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000"))
+    test = bench.tasks[0].test
+    y = torch.tensor([int(test[i][1]) for i in range(len(test))])
+    rebuilt = (logits(strategy.rebuild_task(0, tmp_path), bench, 0).argmax(1) == y).float().mean().item()
+    with torch.no_grad():
+        x = torch.stack([test[i][0] for i in range(len(test))])
+        live = (strategy.model.eval()(x, 0).argmax(1) == y).float().mean().item()
+    assert metrics[key] == pytest.approx(live, abs=1e-12)
+    assert metrics[key] == pytest.approx(rebuilt, abs=1e-12)
