@@ -1,2 +1,2 @@
 """Baselines, each one file registering itself in ``nws_avalanche.methods.METHODS``."""
-from . import aqd, avalanche_methods, finetune, ksm, packnet  # noqa: F401
+from . import aqd, avalanche_methods, finetune, frozen, ksm, packnet  # noqa: F401

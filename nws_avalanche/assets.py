@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader
 from .atomic import atomic_write_text
 from .container import file_sha256, pack_state, read_container, unpack_state, write_container
 from .errors import ArtifactError, ConfigError
+from .feedback import Steps
 from .grouping import group_sizes_for
 from .hub import resolve_pretrained
 from .models import build_arch
-from .pools import PoolSet, build_pools_kmeans
+from .pools import PoolSet, build_pools_kmeans, layer_specs
 
 
 @dataclass
@@ -105,19 +106,25 @@ def adapt_torchvision_keys(state: dict, model: nn.Module) -> dict:
     return out
 
 
-def pretrain_network(cfg, bench) -> tuple[dict, int]:
+def pretrain_network(cfg, bench, progress: bool | None = None) -> tuple[dict, int]:
     torch.manual_seed(cfg.seed)
     model = build_arch(cfg.arch, bench.pretrain_classes, bench.in_channels)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.pretrain_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.pretrain_epochs)
     loader = DataLoader(bench.pretrain, batch_size=64, shuffle=True)
     model.train()
+    steps = Steps(f"pretraining {cfg.arch} on {bench.name}: epoch", cfg.pretrain_epochs, progress)
     for _ in range(cfg.pretrain_epochs):
+        total = n = 0
         for x, y in loader:
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
             opt.step()
+            total, n = total + float(loss.detach()) * len(y), n + len(y)
         sched.step()
+        steps.step(f"loss {total / max(n, 1):.4f}")
+    steps.close()
     return model.state_dict(), bench.pretrain_classes
 
 
@@ -140,7 +147,7 @@ def load_cached_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], int]:
     return unpack_state(header["state"], blobs, "state/"), int(header["classes"])
 
 
-def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool) -> Assets:
+def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: bool | None = None) -> Assets:
     cache_root = Path(cache_root)
     cfg = replace(cfg, pretrained=resolve_pretrained(cfg.pretrained, cfg.arch))  # imagenet -> cached file
     if cfg.pretrained and cfg.pretrained != "random":
@@ -159,7 +166,7 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool) -> Assets:
                 classes = max(bench.pretrain_classes, 2)
                 state = build_arch(cfg.arch, classes, bench.in_channels).state_dict()
             elif bench.pretrain is not None:
-                state, classes = pretrain_network(cfg, bench)
+                state, classes = pretrain_network(cfg, bench, progress)
             else:
                 raise ConfigError(
                     f"benchmark {bench.name!r} has no pretraining data: give a pretrained network "
@@ -181,7 +188,12 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool) -> Assets:
             if pool_path.is_file():
                 pools = PoolSet.load(pool_path)
             else:
+                group_sizes = group_sizes_for(model, cfg.group_size)
+                steps = Steps(f"k-means pools (K={cfg.pool_size}): layer",
+                              len(layer_specs(model, True, group_sizes)), progress)
                 pools = build_pools_kmeans(model, cfg.arch, cfg.pool_size, seed=cfg.seed, iters=cfg.kmeans_iters,
-                                           group_sizes=group_sizes_for(model, cfg.group_size))
+                                           group_sizes=group_sizes,
+                                           progress=lambda name: steps.step(name))
+                steps.close()
                 pools.save(pool_path)
     return Assets(cfg.arch, bench.in_channels, state, classes, pools, pool_path)

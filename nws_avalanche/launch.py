@@ -70,7 +70,8 @@ except ImportError:  # submitit is only needed by the local and slurm launchers
 class RunJob(_Checkpointable):
     """The callable each job runs; on preemption/timeout submitit requeues it and it resumes."""
 
-    def __init__(self, spec, out: str, overwrite: bool = False, progress: bool | None = False, verify: bool = True):
+    def __init__(self, spec, out: str, overwrite: bool = False, progress: bool | None = None, verify: bool = True):
+        # progress None: bars on a terminal, one line per epoch/task in a job's log file
         self.spec, self.out, self.overwrite, self.progress = spec, str(out), overwrite, progress
         self.verify = verify  # check a finished run's artifacts before skipping it
 

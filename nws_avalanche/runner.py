@@ -32,6 +32,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, seed_
 from .config import RunConfig, check_device
 from .errors import ArtifactError, ConfigError
 from .factory import build_strategy
+from .feedback import on_terminal, say
 from .loggers import make_loggers
 from .methods import METHODS, load_all
 from .recovery import PROGRESS_NAME, artifact_digests, needs_rebuild, resume_point, write_progress
@@ -159,7 +160,8 @@ def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify) -
     bench = build_benchmark(cfg)
     strategy_cls = METHODS.get(cfg.method)
     needs_pools = strategy_cls.needs_pools
-    assets = prepare_assets(cfg, bench, Path(out) / cfg.benchmark / "_assist", need_pools=needs_pools)
+    assets = prepare_assets(cfg, bench, Path(out) / cfg.benchmark / "_assist", need_pools=needs_pools,
+                            progress=progress)
     if overwrite and rdir.exists():
         _check_is_run_folder(rdir)
         shutil.rmtree(rdir)
@@ -219,6 +221,9 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
         state.task_files.append([p.name for p in strategy.export_task(t, art)])
         state.summaries.append(strategy.task_summary(t))
         acc[t][: t + 1] = avalanche_accuracies(strategy, scenario.test_stream, t + 1, cfg.num_workers)
+        if progress is None and not on_terminal():  # a log file: one line per task
+            say(f"{cfg.method} seed {cfg.seed} task {t + 1}/{T}: accuracy on tasks 1..{t + 1}: "
+                + " ".join(f"{acc[t][j]:.2f}" for j in range(t + 1)))
         state.next_task = t + 1
         # earlier tasks' digests stay as recorded when they were written (never re-read from disk)
         state.digests.update(artifact_digests(art, state.task_files[-1:], strategy.assist_files(art)))

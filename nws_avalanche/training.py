@@ -1,11 +1,15 @@
 """Pieces every strategy shares: optimiser factory, LR schedule, progress bar, evaluation."""
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn as nn
 from avalanche.core import SupervisedPlugin
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from .feedback import on_terminal, say
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
@@ -32,23 +36,49 @@ class EpochLRSchedule(SupervisedPlugin):
 
 
 class ProgressBar(SupervisedPlugin):
-    """One tqdm bar per task over all its iterations, with the running loss."""
+    """On a terminal one tqdm bar per task over all its iterations, with the running loss; off a
+    terminal (a log file, a Slurm job) one line per epoch and one per task instead.
+
+    ``disable``: ``None`` = decide by the terminal, ``True`` = silent, ``False`` = a bar always.
+    """
 
     def __init__(self, desc: str = "", disable: bool | None = None):
         super().__init__()
         self.desc, self.disable, self.bar = desc, disable, None
+        self.lines = False
 
     def before_training_exp(self, strategy, **kw):
+        self.task = strategy.experience.current_experience
+        self.lines = self.disable is None and not on_terminal()
+        self.epoch, self.loss_sum, self.steps = 0, 0.0, 0
+        self.start = self.epoch_start = time.perf_counter()
+        if self.lines or self.disable:
+            return
         total = len(strategy.dataloader) * strategy.train_epochs
-        self.bar = tqdm(total=total, desc=f"{self.desc} task {strategy.experience.current_experience}",
-                        leave=False, disable=self.disable, dynamic_ncols=True)
+        self.bar = tqdm(total=total, desc=f"{self.desc} task {self.task}", leave=False, dynamic_ncols=True)
 
     def after_training_iteration(self, strategy, **kw):
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{float(strategy.loss.detach()):.3f}", refresh=False)
+        loss = float(strategy.loss.detach())
+        self.loss_sum, self.steps = self.loss_sum + loss, self.steps + 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def after_training_epoch(self, strategy, **kw):
+        self.epoch += 1
+        if self.lines:
+            now = time.perf_counter()
+            say(f"{self.desc} task {self.task} epoch {self.epoch}/{strategy.train_epochs}: "
+                f"loss {self.loss_sum / max(self.steps, 1):.4f} ({now - self.epoch_start:.1f} s)")
+            self.epoch_start = now
+        self.loss_sum, self.steps = 0.0, 0
 
     def after_training_exp(self, strategy, **kw):
-        self.bar.close()
+        if self.lines:
+            say(f"{self.desc} task {self.task}: trained {self.epoch} epochs in {time.perf_counter() - self.start:.1f} s")
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @torch.no_grad()

@@ -47,7 +47,26 @@ def _fig(out: Path, stem: str, fig, lines: list[str], caption: str) -> list[Path
     return paths
 
 
-def write_report(roots, out: Path) -> Path:
+def line_progress():
+    """Off a terminal (log file, Slurm): a callback printing one line per figure group; else None."""
+    import time
+
+    from nws_avalanche.feedback import on_terminal, say
+
+    if on_terminal():
+        return None
+    last = [time.perf_counter()]
+
+    def progress(group: str) -> None:
+        now = time.perf_counter()
+        say(f"report: {group} ({now - last[0]:.1f} s)")
+        last[0] = now
+    return progress
+
+
+def write_report(roots, out: Path, progress=None) -> Path:
+    """``progress(group)``, if given, is called after the tables and after each figure group."""
+    done = progress or (lambda group: None)
     results = load_results(roots)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,6 +80,7 @@ def write_report(roots, out: Path) -> Path:
     atomic_write_text(out / "memory.tex", to_latex(mem, "Memory (MiB): per task, assist, total; the same content "
                                                         "in the NWS paper's accounting (paper columns); "
                                                         "mean ± std over seeds", "tab:memory"))
+    done("tables")
     benchmarks = sorted({r["benchmark"] for r in results})
     seeds = sorted({r["seed"] for r in results})
     swept = sweep_keys(results)
@@ -84,6 +104,7 @@ def write_report(roots, out: Path) -> Path:
              f"{b}: average accuracy vs total memory per method (mean ± std over seeds)")
         _fig(out, f"memory_growth_{slug(b)}", memory_growth_figure(results, b), lines,
              f"{b}: total memory after each task per method")
+        done(f"{b}: accuracy vs memory, memory growth")
         for (gb, label), rs in groups(results).items():
             if gb != b:
                 continue
@@ -91,21 +112,24 @@ def write_report(roots, out: Path) -> Path:
             n = f"{len(rs)} seed{'s' if len(rs) > 1 else ''}"
             _fig(out, f"accuracy_matrix_{stem}", accuracy_heatmap_figure(rs, f"{label}, {b} ({n})"), lines,
                  f"{label}: accuracy on task j (column) after training task i (row), mean over {n}")
+            done(f"{b} {label}: accuracy matrix")
             if not has_selection_counts(rs[0]):
                 continue
             util = pool_utilisation(rs[0])
             atomic_write_text(out / f"pool_utilisation_{stem}.csv", util.to_csv(index=False))
             _fig(out, f"pool_utilisation_{stem}", pool_utilisation_figure(rs, f"{label}, {b} ({n})"), lines,
                  f"{label}: fraction of each layer's pool entries selected per task, mean over {n}")
+            done(f"{b} {label}: pool utilisation")
             r = rs[0]
             df = selection_rates(r)
             atomic_write_text(out / f"selection_{stem}_seed{r['seed']}.csv", df.to_csv(index=False))
             lines += [f"Kernel-index selection rate per layer ({label}, seed {r['seed']}):", ""]
             for t in sorted(df.task.unique()):
                 fig = selection_rate_figure(df, t, f"{label} {b} seed {r['seed']}: task {t}")
-                png, _ = save_figure(fig, out / f"selection_{stem}_seed{r['seed']}_task{t:02d}")
+                png, _ = save_figure(fig, out / f"selection_{stem}_seed{r['seed']}_task{t:02d}", tight_bbox=False)
                 lines.append(f"![task {t}]({png.name})")
             lines.append("")
+            done(f"{b} {label}: selection rates, {df.task.nunique()} tasks")
     shared, varying = configuration(results)
     lines += ["## Run configuration", ""]
     if varying:

@@ -12,12 +12,12 @@ def add_arguments(p):
 
 
 def main(args):
-    from reports.report import write_report
+    from reports.report import line_progress, write_report
 
     if not args.no_verify:
         verify_runs(args.dirs)
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
-    print(f"report: {write_report(args.dirs, out)}")
+    print(f"report: {write_report(args.dirs, out, progress=line_progress())}")
     return 0
 
 

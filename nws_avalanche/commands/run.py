@@ -71,8 +71,8 @@ def main(args):
     print_summary([o for o in outcomes if o.ok])
     print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} runs finished")
     if not args.no_report and len(failed) < len(outcomes):
-        from reports.report import write_report
-        path = write_report([out], out / "report")
+        from reports.report import line_progress, write_report
+        path = write_report([out], out / "report", progress=line_progress())
         print(f"report: {path}")
     return 1 if failed else 0
 

@@ -1,0 +1,83 @@
+"""Frozen: the pretrained backbone frozen and shared; per task only BatchNorm and the head train.
+
+The control the other methods are read against: a method that learns kernels (Finetune, NWS,
+KSM's masks) must beat it wherever the pretrained features do not suffice. Each task starts from
+the pretrained BatchNorm (parameters and statistics) and a fresh head, like every other method.
+
+Stored: ``frozen.backbone`` once (assist: every other entry of the pretrained state_dict, i.e.
+the conv weights, fp32; every task writes the same bytes) and per task ``taskNNN.frozen``: the
+task's BatchNorm parameters and statistics and its head.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from nws_avalanche.artifact import load_state_artifact, save_state_artifact
+from nws_avalanche.container import pack_state, read_container, unpack_state, write_container
+from nws_avalanche.errors import ArtifactError
+from nws_avalanche.methods import METHODS
+from nws_avalanche.models import build_arch, head_name, set_head
+from nws_avalanche.template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
+
+from .surgery import bn_state
+
+BACKBONE_FILE = "frozen.backbone"
+
+
+@METHODS.register("frozen")
+class Frozen(TaskIncrementalStrategy):
+    name = "frozen"
+
+    def __init__(self, *, cfg, assets, task_classes, progress=None):
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
+        super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, progress=progress)
+        self._freeze()
+
+    def _task_keys(self) -> set[str]:
+        """state_dict keys a task owns: every BatchNorm entry and the head."""
+        state = self.model.state_dict()
+        head = f"{head_name(self.model)}."
+        return set(bn_state(state, self.model)) | {k for k in state if k.startswith(head)}
+
+    def _freeze(self) -> None:
+        own = self._task_keys()
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name in own)
+
+    def prepare_task(self, t, num_classes):
+        self.model.load_state_dict(bn_state(self.assets.pretrained_state, self.model), strict=False)
+        if t > 0:
+            set_head(self.model, fresh_head(self.model.feature_dim, num_classes, self.cfg.seed + t))
+        self._freeze()
+
+    def trainable_parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    # -- storage ----------------------------------------------------------------------------
+    def export_task(self, t, directory):
+        own = self._task_keys()
+        state = self.model.state_dict()
+        metas, blobs = pack_state({k: v for k, v in state.items() if k not in own})
+        write_container(Path(directory) / BACKBONE_FILE,
+                        {"kind": "frozen-backbone", "format": 1, "arch": self.cfg.arch, "state": metas}, blobs)
+        path = self.task_file(directory, t, "frozen")
+        save_state_artifact(path, {k: v for k, v in state.items() if k in own}, kind="frozen-task", task=t,
+                            header={"arch": self.cfg.arch, "num_classes": self.task_classes[t]})
+        return [path]
+
+    def rebuild_task(self, t, directory):
+        bheader, bblobs = read_container(Path(directory) / BACKBONE_FILE)
+        if bheader.get("kind") != "frozen-backbone":
+            raise ArtifactError(f"{directory}/{BACKBONE_FILE}: not a frozen backbone (kind={bheader.get('kind')!r})")
+        header, state, _ = load_state_artifact(self.task_file(directory, t, "frozen"), "frozen-task")
+        model: nn.Module = build_arch(header["arch"], header["num_classes"], self.assets.in_channels)
+        try:
+            model.load_state_dict({**unpack_state(bheader["state"], bblobs), **state})
+        except RuntimeError as e:
+            raise ArtifactError(f"task {t}: frozen artifact does not fit {header['arch']}: {e}") from None
+        return model.eval()
+
+    def assist_files(self, directory):
+        return [Path(directory) / BACKBONE_FILE]

@@ -1,0 +1,114 @@
+"""``digits-transfer``: an embedded stream on which the methods come apart (sklearn's digits).
+
+split-digits pretrains on the same ten classes, upright, that its tasks then ask for, so every
+method scores ~99 % and a method that learns nothing looks fine. Here the pretrained network has
+never seen the tasks' classes nor their transforms:
+
+- pretraining: digits 0-4, upright (all their images; never a task image);
+- tasks: digits 5-9 under one fixed transform per task (default ``identity``, ``invert``,
+  ``rot90``, ``patches``, ``pixels``; see ``TRANSFORMS``), 5-way each, labels 0..4 = digits 5..9;
+- per class of 5-9, a split fixed by the seed: ``train_per_class`` images (default 30) train,
+  the rest test; every task uses the same images under its own transform.
+
+Transforms act on the 8x8 images (before the bilinear upsampling to 32x32), so a permutation
+moves whole strokes (``patches``: the 16 2x2 blocks) or single pixels (``pixels``), fixed per
+task by the seed. Training adds random shifts of up to 2 px, as in split-digits. Normalised with
+the mean/std of the pretraining images.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import BENCHMARKS, BenchmarkData, Task
+from .digits import TensorImages
+
+DEFAULT_TRANSFORMS = ("identity", "invert", "rot90", "patches", "pixels")
+
+
+def _block_permutation(rng: np.random.RandomState, block: int) -> np.ndarray:
+    """A permutation of the 64 pixels of an 8x8 image that moves whole ``block`` x ``block`` blocks."""
+    n = 8 // block
+    order = rng.permutation(n * n)
+    grid = np.arange(64).reshape(8, 8)
+    out = np.empty_like(grid)
+    for dst, src in enumerate(order):
+        (dr, dc), (sr, sc) = divmod(dst, n), divmod(int(src), n)
+        out[dr * block:(dr + 1) * block, dc * block:(dc + 1) * block] = \
+            grid[sr * block:(sr + 1) * block, sc * block:(sc + 1) * block]
+    return out.reshape(-1)
+
+
+def transform(name: str, x: torch.Tensor, rng: np.random.RandomState) -> torch.Tensor:
+    """``x``: [N, 1, 8, 8] in [0, 1]."""
+    if name == "identity":
+        return x
+    if name == "invert":
+        return 1.0 - x
+    if name == "rot90":
+        return torch.rot90(x, 1, dims=(2, 3))
+    if name == "flip":
+        return torch.flip(x, dims=(2, 3))
+    if name in ("patches", "pixels"):
+        perm = torch.from_numpy(_block_permutation(rng, 2 if name == "patches" else 1))
+        return x.reshape(len(x), 1, 64)[:, :, perm].reshape(x.shape)
+    raise ValueError(f"digits-transfer: unknown transform {name!r}; choose from {', '.join(TRANSFORMS)}")
+
+
+TRANSFORMS = ("identity", "invert", "rot90", "flip", "patches", "pixels")
+
+
+@BENCHMARKS.register("digits-transfer")
+def digits_transfer(cfg) -> BenchmarkData:
+    from sklearn.datasets import load_digits
+
+    from nws_avalanche.errors import ConfigError
+
+    opts = dict(getattr(cfg, "benchmark_options", {}) or {})
+    names = list(opts.get("transforms", DEFAULT_TRANSFORMS))
+    n_tasks = int(opts.get("tasks", len(names)))
+    per_class = int(opts.get("train_per_class", 30))
+    size = int(opts.get("image_size", 32))
+    pre_classes = [int(c) for c in opts.get("pretrain_classes", range(5))]
+    task_classes = [int(c) for c in opts.get("task_classes", range(5, 10))]
+    bad = [n for n in names if n not in TRANSFORMS]
+    if bad or not 1 <= n_tasks <= len(names):
+        raise ConfigError(f"digits-transfer: transforms must be names from {', '.join(TRANSFORMS)} and "
+                          f"tasks between 1 and {len(names)} (got transforms={names}, tasks={n_tasks})")
+    if set(pre_classes) & set(task_classes) or not (set(pre_classes) | set(task_classes)) <= set(range(10)):
+        raise ConfigError("digits-transfer: pretrain_classes and task_classes must be disjoint digits 0-9")
+    digits = load_digits()
+    x8 = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = digits.target.astype(np.int64)
+    rng = np.random.RandomState(cfg.seed)
+    train_idx, test_idx = [], []
+    for c in task_classes:
+        idx = rng.permutation(np.flatnonzero(y == c))
+        if not 1 <= per_class < len(idx):
+            raise ConfigError(f"digits-transfer: train_per_class must be between 1 and {len(idx) - 1}")
+        train_idx += idx[:per_class].tolist()
+        test_idx += idx[per_class:].tolist()
+    train_idx, test_idx = np.array(sorted(train_idx)), np.array(sorted(test_idx))
+    pre_idx = np.flatnonzero(np.isin(y, pre_classes))
+
+    def up(v):
+        return F.interpolate(v, size=(size, size), mode="bilinear", align_corners=False)
+
+    pre_x = up(x8[pre_idx])
+    mean, std = pre_x.mean(), pre_x.std()
+    label = {c: i for i, c in enumerate(task_classes)}
+    y_task = torch.tensor([label.get(int(c), -1) for c in y])
+    tasks = []
+    for t, name in enumerate(names[:n_tasks]):
+        xt = (up(transform(name, x8, np.random.RandomState([cfg.seed, t]))) - mean) / std
+        tasks.append(Task(f"{name}-{'-'.join(map(str, task_classes))}", [str(c) for c in task_classes],
+                          TensorImages(xt[train_idx], y_task[train_idx], augment=True),
+                          TensorImages(xt[test_idx], y_task[test_idx])))
+    pre_label = {c: i for i, c in enumerate(pre_classes)}
+    return BenchmarkData("digits-transfer", tasks, in_channels=1, image_size=size,
+                         pretrain=TensorImages((pre_x - mean) / std,
+                                               torch.tensor([pre_label[int(c)] for c in y[pre_idx]]), augment=True),
+                         pretrain_classes=len(pre_classes),
+                         info={"transforms": names[:n_tasks], "train_per_class": per_class,
+                               "pretrain_classes": pre_classes, "task_classes": task_classes})
