@@ -41,7 +41,11 @@ def _block_permutation(rng: np.random.RandomState, block: int) -> np.ndarray:
 
 
 def transform(name: str, x: torch.Tensor, rng: np.random.RandomState) -> torch.Tensor:
-    """``x``: [N, 1, 8, 8] in [0, 1]."""
+    """``x``: [N, 1, 8, 8] in [0, 1]; ``a+b`` applies ``a`` then ``b``."""
+    if "+" in name:
+        for part in name.split("+"):
+            x = transform(part, x, rng)
+        return x
     if name == "identity":
         return x
     if name == "invert":
@@ -72,7 +76,7 @@ def digits_transfer(cfg) -> BenchmarkData:
     size = int(opts.get("image_size", 32))
     pre_classes = [int(c) for c in opts.get("pretrain_classes", range(5))]
     task_classes = [int(c) for c in opts.get("task_classes", range(5, 10))]
-    bad = [n for n in names if n not in TRANSFORMS]
+    bad = [n for n in names if not set(str(n).split("+")) <= set(TRANSFORMS)]
     if bad or not 1 <= n_tasks <= len(names):
         raise ConfigError(f"digits-transfer: transforms must be names from {', '.join(TRANSFORMS)} and "
                           f"tasks between 1 and {len(names)} (got transforms={names}, tasks={n_tasks})")
@@ -101,7 +105,8 @@ def digits_transfer(cfg) -> BenchmarkData:
     y_task = torch.tensor([label.get(int(c), -1) for c in y])
     tasks = []
     for t, name in enumerate(names[:n_tasks]):
-        xt = (up(transform(name, x8, np.random.RandomState([cfg.seed, t]))) - mean) / std
+        rng_t = np.random.RandomState([cfg.seed] if opts.get("shared_permutation") else [cfg.seed, t])
+        xt = (up(transform(name, x8, rng_t)) - mean) / std
         tasks.append(Task(f"{name}-{'-'.join(map(str, task_classes))}", [str(c) for c in task_classes],
                           TensorImages(xt[train_idx], y_task[train_idx], augment=True),
                           TensorImages(xt[test_idx], y_task[test_idx])))
