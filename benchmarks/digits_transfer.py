@@ -2,18 +2,26 @@
 
 split-digits pretrains on the same ten classes, upright, that its tasks then ask for, so every
 method scores ~99 % and a method that learns nothing looks fine. Here the pretrained network has
-never seen the tasks' classes nor their transforms:
+never seen the tasks' classes nor their domain:
 
 - pretraining: digits 0-4, upright (all their images; never a task image);
-- tasks: digits 5-9 under one fixed transform per task (default ``identity``, ``invert``,
-  ``rot90``, ``patches``, ``pixels``; see ``TRANSFORMS``), 5-way each, labels 0..4 = digits 5..9;
+- tasks: digits 5-9, 5-way each (labels 0..4 = digits 5..9), task ``t`` under the transform
+  ``transforms[t]``; default ``identity``, then four tasks in one shared domain the pretrained
+  network lacks, the 64 pixels permuted (one permutation fixed by the seed), composed with
+  nothing, ``invert``, ``rot90`` and ``rot180``;
 - per class of 5-9, a split fixed by the seed: ``train_per_class`` images (default 30) train,
-  the rest test; every task uses the same images under its own transform.
+  the rest (~150 per class) test; every task uses the same images under its own transform.
 
-Transforms act on the 8x8 images (before the bilinear upsampling to 32x32), so a permutation
-moves whole strokes (``patches``: the 16 2x2 blocks) or single pixels (``pixels``), fixed per
-task by the seed. Training adds random shifts of up to 2 px, as in split-digits. Normalised with
-the mean/std of the pretraining images.
+What each method may change shows: a frozen backbone (per-task BatchNorm and head only) cannot
+build features for permuted digits; Finetune restarts from the pretrained network every task;
+NWS with ``init=previous`` carries what task ``t-1`` learned of the shared domain into task ``t``,
+``init=random`` does not.
+
+Transforms act on the 8x8 images (before the bilinear upsampling to 32x32): ``pixels`` permutes
+single pixels, ``patches`` the 16 2x2 blocks; ``a+b`` applies ``a`` then ``b``. With
+``shared_permutation: false`` each task draws its own permutation (seeded by seed and task).
+Training adds random shifts of up to 2 px, as in split-digits. Normalised with the mean/std of
+the pretraining images.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ import torch.nn.functional as F
 from .base import BENCHMARKS, BenchmarkData, Task
 from .digits import TensorImages
 
-DEFAULT_TRANSFORMS = ("identity", "invert", "rot90", "patches", "pixels")
+DEFAULT_TRANSFORMS = ("identity", "pixels", "pixels+invert", "pixels+rot90", "pixels+rot180")
 
 
 def _block_permutation(rng: np.random.RandomState, block: int) -> np.ndarray:
@@ -52,15 +60,15 @@ def transform(name: str, x: torch.Tensor, rng: np.random.RandomState) -> torch.T
         return 1.0 - x
     if name == "rot90":
         return torch.rot90(x, 1, dims=(2, 3))
-    if name == "flip":
-        return torch.flip(x, dims=(2, 3))
+    if name == "rot180":
+        return torch.rot90(x, 2, dims=(2, 3))
     if name in ("patches", "pixels"):
         perm = torch.from_numpy(_block_permutation(rng, 2 if name == "patches" else 1))
         return x.reshape(len(x), 1, 64)[:, :, perm].reshape(x.shape)
     raise ValueError(f"digits-transfer: unknown transform {name!r}; choose from {', '.join(TRANSFORMS)}")
 
 
-TRANSFORMS = ("identity", "invert", "rot90", "flip", "patches", "pixels")
+TRANSFORMS = ("identity", "invert", "rot90", "rot180", "patches", "pixels")
 
 
 @BENCHMARKS.register("digits-transfer")
@@ -74,6 +82,7 @@ def digits_transfer(cfg) -> BenchmarkData:
     n_tasks = int(opts.get("tasks", len(names)))
     per_class = int(opts.get("train_per_class", 30))
     size = int(opts.get("image_size", 32))
+    shared = bool(opts.get("shared_permutation", True))
     pre_classes = [int(c) for c in opts.get("pretrain_classes", range(5))]
     task_classes = [int(c) for c in opts.get("task_classes", range(5, 10))]
     bad = [n for n in names if not set(str(n).split("+")) <= set(TRANSFORMS)]
@@ -105,7 +114,7 @@ def digits_transfer(cfg) -> BenchmarkData:
     y_task = torch.tensor([label.get(int(c), -1) for c in y])
     tasks = []
     for t, name in enumerate(names[:n_tasks]):
-        rng_t = np.random.RandomState([cfg.seed] if opts.get("shared_permutation") else [cfg.seed, t])
+        rng_t = np.random.RandomState([cfg.seed] if shared else [cfg.seed, t])
         xt = (up(transform(name, x8, rng_t)) - mean) / std
         tasks.append(Task(f"{name}-{'-'.join(map(str, task_classes))}", [str(c) for c in task_classes],
                           TensorImages(xt[train_idx], y_task[train_idx], augment=True),
@@ -116,4 +125,5 @@ def digits_transfer(cfg) -> BenchmarkData:
                                                torch.tensor([pre_label[int(c)] for c in y[pre_idx]]), augment=True),
                          pretrain_classes=len(pre_classes),
                          info={"transforms": names[:n_tasks], "train_per_class": per_class,
+                               "shared_permutation": shared,
                                "pretrain_classes": pre_classes, "task_classes": task_classes})

@@ -222,7 +222,7 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
         state.summaries.append(strategy.task_summary(t))
         acc[t][: t + 1] = avalanche_accuracies(strategy, scenario.test_stream, t + 1, cfg.num_workers)
         if progress is None and not on_terminal():  # a log file: one line per task
-            say(f"{cfg.method} seed {cfg.seed} task {t + 1}/{T}: accuracy on tasks 1..{t + 1}: "
+            say(f"{cfg.method} seed {cfg.seed} after task {t} ({t + 1}/{T}): accuracy on tasks 0..{t}: "
                 + " ".join(f"{acc[t][j]:.2f}" for j in range(t + 1)))
         state.next_task = t + 1
         # earlier tasks' digests stay as recorded when they were written (never re-read from disk)

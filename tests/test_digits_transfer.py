@@ -15,7 +15,8 @@ from nws_avalanche.config import build_config
 from nws_avalanche.errors import ConfigError
 
 REDUCED = ["arch=resnet-tiny", "benchmark_options.image_size=16", "pretrain_epochs=5", "epochs=4",
-           "batch_size=32", "benchmark_options.transforms=[patches,pixels]"]
+           "batch_size=32", "benchmark_options.transforms=[patches,pixels]",
+           "benchmark_options.shared_permutation=false"]
 
 
 def bench(*sets, seed=0):
@@ -27,7 +28,8 @@ def test_tasks_pretraining_and_splits():
 
     y = load_digits().target
     b = bench()
-    assert [t.name.split("-")[0] for t in b.tasks] == ["identity", "invert", "rot90", "patches", "pixels"]
+    assert [t.name.split("-")[0] for t in b.tasks] == ["identity", "pixels", "pixels+invert", "pixels+rot90",
+                                                       "pixels+rot180"]
     assert b.pretrain_classes == 5 and set(b.pretrain.targets) == set(range(5))
     assert len(b.pretrain) == int((y < 5).sum())
     for t in b.tasks:
@@ -59,6 +61,20 @@ def test_transforms_move_pixels_as_claimed():
                 assert any(torch.equal(b, src[0, 0, k, :, m, :]) for k in range(8 // block) for m in range(8 // block))
     same = [bench(seed=0).tasks[4].train.x, bench(seed=0).tasks[4].train.x, bench(seed=1).tasks[4].train.x]
     assert torch.equal(same[0], same[1]) and not torch.equal(same[0][:10], same[2][:10])
+
+
+def test_shared_permutation_is_one_domain():
+    """By default every ``pixels`` task uses the same permutation: pixels+invert is the inverted
+    pixels task; with shared_permutation=false the tasks draw their own."""
+    for shared in (True, False):
+        b = bench("benchmark_options.transforms=[pixels,pixels+invert]",
+                  f"benchmark_options.shared_permutation={str(shared).lower()}",
+                  "benchmark_options.image_size=8")
+        x0, x1 = b.tasks[0].test.x, b.tasks[1].test.x
+        # 8x8 is not resampled and normalisation is affine: P(x) and 1 - P(x) sum to one constant
+        total = x0 + x1
+        same = torch.allclose(total, torch.full_like(total, float(total.flatten()[0])), atol=1e-4)
+        assert same == shared
 
 
 @pytest.mark.parametrize("sets", [["benchmark_options.transforms=[nope]"], ["benchmark_options.train_per_class=0"],

@@ -25,8 +25,8 @@ def test_run_and_report_print_lines_when_stdout_is_not_a_terminal(tmp_path, caps
                     r"k-means pools \(K=8\): layer 1/\d+: conv1",
                     r"nws task 0 epoch 1/2: loss [\d.]+ \(", r"nws task 0 epoch 2/2: loss",
                     r"nws task 1 epoch 2/2: loss", r"nws task 1: trained 2 epochs in [\d.]+ s",
-                    r"nws seed 0 task 1/2: accuracy on tasks 1..1: [\d.]+\n",
-                    r"nws seed 0 task 2/2: accuracy on tasks 1..2: [\d.]+ [\d.]+\n"]:
+                    r"nws seed 0 after task 0 \(1/2\): accuracy on tasks 0..0: [\d.]+\n",
+                    r"nws seed 0 after task 1 \(2/2\): accuracy on tasks 0..1: [\d.]+ [\d.]+\n"]:
         assert re.search(pattern, out), f"no line matching {pattern!r} in:\n{out}"
     assert "\r" not in out  # no bar redraws in a log file
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
