@@ -2,7 +2,8 @@
 
 The control the other methods are read against: a method that learns kernels (Finetune, NWS,
 KSM's masks) must beat it wherever the pretrained features do not suffice. Each task starts from
-the pretrained BatchNorm (parameters and statistics) and a fresh head, like every other method.
+the pretrained BatchNorm (parameters and statistics) and, like Finetune (it restarts from the
+pretrained network), from the pretrained head under the common head rule (``task_head``).
 
 Stored: ``frozen.backbone`` once (assist: every other entry of the pretrained state_dict, i.e.
 the conv weights, fp32; every task writes the same bytes) and per task ``taskNNN.frozen``: the
@@ -19,7 +20,7 @@ from nws_avalanche.container import pack_state, read_container, unpack_state, wr
 from nws_avalanche.errors import ArtifactError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, head_name, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, fresh_head, pretrained_with_head
+from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
 
 from .surgery import bn_state
 
@@ -31,7 +32,7 @@ class Frozen(TaskIncrementalStrategy):
     name = "frozen"
 
     def __init__(self, *, cfg, assets, task_classes, progress=None):
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed)
+        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
         super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, progress=progress)
         self._freeze()
 
@@ -49,7 +50,7 @@ class Frozen(TaskIncrementalStrategy):
     def prepare_task(self, t, num_classes):
         self.model.load_state_dict(bn_state(self.assets.pretrained_state, self.model), strict=False)
         if t > 0:
-            set_head(self.model, fresh_head(self.model.feature_dim, num_classes, self.cfg.seed + t))
+            set_head(self.model, self.task_head(t, num_classes))  # restarts: from the pretrained head
         self._freeze()
 
     def trainable_parameters(self):

@@ -25,11 +25,15 @@ the pretraining images.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import BENCHMARKS, BenchmarkData, Task
+from nws_avalanche.errors import ConfigError
+
+from .base import BENCHMARK_OPTIONS, BENCHMARKS, BenchmarkData, Task, check_benchmark_options
 from .digits import TensorImages
 
 DEFAULT_TRANSFORMS = ("identity", "pixels", "pixels+invert", "pixels+rot90", "pixels+rot180")
@@ -71,59 +75,78 @@ def transform(name: str, x: torch.Tensor, rng: np.random.RandomState) -> torch.T
 TRANSFORMS = ("identity", "invert", "rot90", "rot180", "patches", "pixels")
 
 
+@BENCHMARK_OPTIONS.register("digits-transfer")
+@dataclass
+class DigitsTransferOptions:
+    transforms: list[str] = field(default_factory=lambda: list(DEFAULT_TRANSFORMS))  # one per task
+    tasks: int | None = None       # the first ``tasks`` transforms (None: all)
+    train_per_class: int = 30      # training images per class; the rest of the class is test
+    image_size: int = 32           # side the 8x8 images are upsampled to
+    pretrain_classes: list[int] = field(default_factory=lambda: list(range(5)))
+    task_classes: list[int] = field(default_factory=lambda: list(range(5, 10)))
+    shared_permutation: bool = True  # one pixel/patch permutation for every task (one domain)
+
+    def __post_init__(self):  # checked with the rest of the config, before anything is written
+        bad = [n for n in self.transforms if not set(str(n).split("+")) <= set(TRANSFORMS)]
+        if bad or not self.transforms:
+            raise ConfigError(f"benchmark_options.transforms: {bad or 'empty'}; each a name or a+b of "
+                              f"{', '.join(TRANSFORMS)}")
+        if self.tasks is not None and not 1 <= self.tasks <= len(self.transforms):
+            raise ConfigError(f"benchmark_options.tasks must be between 1 and {len(self.transforms)} "
+                              f"(the number of transforms), got {self.tasks}")
+        if not 1 <= self.train_per_class <= MAX_TRAIN_PER_CLASS:
+            raise ConfigError(f"benchmark_options.train_per_class must be between 1 and {MAX_TRAIN_PER_CLASS} "
+                              f"(every class keeps test images), got {self.train_per_class}")
+        if self.image_size < 8:
+            raise ConfigError(f"benchmark_options.image_size must be >= 8 (got {self.image_size})")
+        pre, task = set(self.pretrain_classes), set(self.task_classes)
+        if (pre & task or not (pre | task) <= set(range(10)) or len(pre) != len(self.pretrain_classes)
+                or len(task) != len(self.task_classes) or len(task) < 2 or not pre):
+            raise ConfigError("benchmark_options.pretrain_classes and task_classes must be disjoint lists of "
+                              f"distinct digits 0-9, at least two task classes (got {self.pretrain_classes} and "
+                              f"{self.task_classes})")
+
+
+MAX_TRAIN_PER_CLASS = 170  # the smallest class of sklearn's digits has 174 images
+
+
 @BENCHMARKS.register("digits-transfer")
 def digits_transfer(cfg) -> BenchmarkData:
     from sklearn.datasets import load_digits
 
-    from nws_avalanche.errors import ConfigError
-
-    opts = dict(getattr(cfg, "benchmark_options", {}) or {})
-    names = list(opts.get("transforms", DEFAULT_TRANSFORMS))
-    n_tasks = int(opts.get("tasks", len(names)))
-    per_class = int(opts.get("train_per_class", 30))
-    size = int(opts.get("image_size", 32))
-    shared = bool(opts.get("shared_permutation", True))
-    pre_classes = [int(c) for c in opts.get("pretrain_classes", range(5))]
-    task_classes = [int(c) for c in opts.get("task_classes", range(5, 10))]
-    bad = [n for n in names if not set(str(n).split("+")) <= set(TRANSFORMS)]
-    if bad or not 1 <= n_tasks <= len(names):
-        raise ConfigError(f"digits-transfer: transforms must be names from {', '.join(TRANSFORMS)} and "
-                          f"tasks between 1 and {len(names)} (got transforms={names}, tasks={n_tasks})")
-    if set(pre_classes) & set(task_classes) or not (set(pre_classes) | set(task_classes)) <= set(range(10)):
-        raise ConfigError("digits-transfer: pretrain_classes and task_classes must be disjoint digits 0-9")
+    o = check_benchmark_options(cfg)
+    names = o.transforms[:o.tasks]
     digits = load_digits()
     x8 = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = digits.target.astype(np.int64)
     rng = np.random.RandomState(cfg.seed)
     train_idx, test_idx = [], []
-    for c in task_classes:
+    for c in o.task_classes:
         idx = rng.permutation(np.flatnonzero(y == c))
-        if not 1 <= per_class < len(idx):
-            raise ConfigError(f"digits-transfer: train_per_class must be between 1 and {len(idx) - 1}")
-        train_idx += idx[:per_class].tolist()
-        test_idx += idx[per_class:].tolist()
+        train_idx += idx[:o.train_per_class].tolist()
+        test_idx += idx[o.train_per_class:].tolist()
     train_idx, test_idx = np.array(sorted(train_idx)), np.array(sorted(test_idx))
-    pre_idx = np.flatnonzero(np.isin(y, pre_classes))
+    pre_idx = np.flatnonzero(np.isin(y, o.pretrain_classes))
 
     def up(v):
-        return F.interpolate(v, size=(size, size), mode="bilinear", align_corners=False)
+        return F.interpolate(v, size=(o.image_size, o.image_size), mode="bilinear", align_corners=False)
 
     pre_x = up(x8[pre_idx])
     mean, std = pre_x.mean(), pre_x.std()
-    label = {c: i for i, c in enumerate(task_classes)}
+    label = {c: i for i, c in enumerate(o.task_classes)}
     y_task = torch.tensor([label.get(int(c), -1) for c in y])
     tasks = []
-    for t, name in enumerate(names[:n_tasks]):
-        rng_t = np.random.RandomState([cfg.seed] if shared else [cfg.seed, t])
+    for t, name in enumerate(names):
+        rng_t = np.random.RandomState([cfg.seed] if o.shared_permutation else [cfg.seed, t])
         xt = (up(transform(name, x8, rng_t)) - mean) / std
-        tasks.append(Task(f"{name}-{'-'.join(map(str, task_classes))}", [str(c) for c in task_classes],
+        tasks.append(Task(f"{name}-{'-'.join(map(str, o.task_classes))}", [str(c) for c in o.task_classes],
                           TensorImages(xt[train_idx], y_task[train_idx], augment=True),
                           TensorImages(xt[test_idx], y_task[test_idx])))
-    pre_label = {c: i for i, c in enumerate(pre_classes)}
-    return BenchmarkData("digits-transfer", tasks, in_channels=1, image_size=size,
+    pre_label = {c: i for i, c in enumerate(o.pretrain_classes)}
+    return BenchmarkData("digits-transfer", tasks, in_channels=1, image_size=o.image_size,
                          pretrain=TensorImages((pre_x - mean) / std,
                                                torch.tensor([pre_label[int(c)] for c in y[pre_idx]]), augment=True),
-                         pretrain_classes=len(pre_classes),
-                         info={"transforms": names[:n_tasks], "train_per_class": per_class,
-                               "shared_permutation": shared,
-                               "pretrain_classes": pre_classes, "task_classes": task_classes})
+                         pretrain_classes=len(o.pretrain_classes),
+                         info={"transforms": names, "train_per_class": o.train_per_class,
+                               "shared_permutation": o.shared_permutation,
+                               "pretrain_classes": o.pretrain_classes, "task_classes": o.task_classes})

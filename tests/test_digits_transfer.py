@@ -2,7 +2,7 @@
 
 The data facts (pretraining never sees a task class, train and test disjoint, transforms are what
 they claim), and the behavioural gap it exists for: Finetune beats the frozen control by a clear
-margin (over seeds 0-3 this reduced configuration gave gaps of 9.5-26 points)."""
+margin (over seeds 0-3 this reduced configuration gave gaps of 26-40 points)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +14,7 @@ from benchmarks.digits_transfer import transform
 from nws_avalanche.config import build_config
 from nws_avalanche.errors import ConfigError
 
-REDUCED = ["arch=resnet-tiny", "benchmark_options.image_size=16", "pretrain_epochs=5", "epochs=4",
+REDUCED = ["arch=resnet-tiny", "benchmark_options.image_size=16", "pretrain_epochs=5", "epochs=10",
            "batch_size=32", "benchmark_options.transforms=[patches,pixels]",
            "benchmark_options.shared_permutation=false"]
 
@@ -89,5 +89,5 @@ def test_finetune_beats_the_frozen_control(tmp_path, one_thread):
 
     acc = {m: run_single(build_config([], ["benchmark=digits-transfer", *REDUCED], method=m), tmp_path,
                          progress=False)["average_accuracy"] for m in ("frozen", "finetune")}
-    assert acc["finetune"] > acc["frozen"] + 5, acc
+    assert acc["finetune"] > acc["frozen"] + 10, acc
     assert acc["frozen"] > 100 / 5 + 10, acc  # the control itself learns (well above chance)
