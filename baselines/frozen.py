@@ -7,7 +7,8 @@ pretrained network), from the pretrained head under the common head rule (``task
 
 Stored: ``frozen.backbone`` once (assist: every other entry of the pretrained state_dict, i.e.
 the conv weights, fp32; every task writes the same bytes) and per task ``taskNNN.frozen``: the
-task's BatchNorm parameters and statistics and its head.
+task's BatchNorm parameters and statistics and its head. The paper's accounting of the same
+content (``memory_mib.paper``): BatchNorm as pickled modules, head and backbone as state dicts.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from nws_avalanche import paper_memory as paper
 from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.container import pack_state, read_container, unpack_state, write_container
 from nws_avalanche.errors import ArtifactError
@@ -68,17 +70,30 @@ class Frozen(TaskIncrementalStrategy):
                             header={"arch": self.cfg.arch, "num_classes": self.task_classes[t]})
         return [path]
 
-    def rebuild_task(self, t, directory):
+    def _read_backbone(self, directory) -> dict:
         bheader, bblobs = read_container(Path(directory) / BACKBONE_FILE)
         if bheader.get("kind") != "frozen-backbone":
             raise ArtifactError(f"{directory}/{BACKBONE_FILE}: not a frozen backbone (kind={bheader.get('kind')!r})")
+        return unpack_state(bheader["state"], bblobs)
+
+    def rebuild_task(self, t, directory):
+        backbone = self._read_backbone(directory)
         header, state, _ = load_state_artifact(self.task_file(directory, t, "frozen"), "frozen-task")
         model: nn.Module = build_arch(header["arch"], header["num_classes"], self.assets.in_channels)
         try:
-            model.load_state_dict({**unpack_state(bheader["state"], bblobs), **state})
+            model.load_state_dict({**backbone, **state})
         except RuntimeError as e:
             raise ArtifactError(f"task {t}: frozen artifact does not fit {header['arch']}: {e}") from None
         return model.eval()
 
     def assist_files(self, directory):
         return [Path(directory) / BACKBONE_FILE]
+
+    # -- the paper's accounting of the same content (memory_mib.paper) ---------------------------
+    def paper_bytes(self, t, directory) -> int:
+        """Pickled BatchNorm modules + the head as a state dict."""
+        _, state, _ = load_state_artifact(self.task_file(directory, t, "frozen"), "frozen-task")
+        return paper.bn_and_rest_bytes(state)
+
+    def paper_assist_bytes(self, directory) -> int:
+        return paper.float_state_bytes(self._read_backbone(directory))

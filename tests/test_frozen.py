@@ -62,3 +62,4 @@ def test_memory_is_the_files_written(tmp_path):
     assert res["memory_mib"]["files"]["assist"] == [BACKBONE_FILE]
     # a task stores BatchNorm and head only: far less than the shared backbone
     assert max(res["memory_mib"]["bytes"]["per_task"]) < res["memory_mib"]["bytes"]["assist"] / 5
+    assert res["memory_mib"]["paper"]["total"] > 0  # the paper's accounting of the same files
