@@ -58,6 +58,8 @@ class ProgressBar(SupervisedPlugin):
         self.bar = tqdm(total=total, desc=f"{self.desc} task {self.task}", leave=False, dynamic_ncols=True)
 
     def after_training_iteration(self, strategy, **kw):
+        if self.bar is None and not self.lines:
+            return  # silent: no device sync for a loss nobody reads
         loss = float(strategy.loss.detach())
         self.loss_sum, self.steps = self.loss_sum + loss, self.steps + 1
         if self.bar is not None:
