@@ -22,7 +22,7 @@ from nws_avalanche.container import pack_state, read_container, unpack_state, wr
 from nws_avalanche.errors import ArtifactError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, head_name, set_head
-from nws_avalanche.template import TaskIncrementalStrategy, pretrained_with_head
+from nws_avalanche.template import TaskIncrementalStrategy
 
 from .surgery import bn_state
 
@@ -33,9 +33,8 @@ BACKBONE_FILE = "frozen.backbone"
 class Frozen(TaskIncrementalStrategy):
     name = "frozen"
 
-    def __init__(self, *, cfg, assets, task_classes, progress=None):
-        model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
-        super().__init__(cfg=cfg, assets=assets, task_classes=task_classes, model=model, progress=progress)
+    def __init__(self, model, optimizer, criterion=None, **kw):
+        super().__init__(model, optimizer, criterion, **kw)
         self._freeze()
 
     def _task_keys(self) -> set[str]:
@@ -57,6 +56,9 @@ class Frozen(TaskIncrementalStrategy):
 
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def shared_state_keys(self):  # the frozen backbone; per task: BatchNorm and head
+        return set(self.model.state_dict()) - self._task_keys()
 
     # -- storage ----------------------------------------------------------------------------
     def export_task(self, t, directory):

@@ -184,7 +184,7 @@ def test_compiled_model(one_thread):
 
 
 # -- baselines: Avalanche's evaluation of each task's own state ----------------------------------
-@pytest.mark.parametrize("method", ["finetune", "packnet", "ksm", "aqd"])
+@pytest.mark.parametrize("method", ["finetune", "frozen", "packnet", "ksm", "aqd"])
 def test_baseline_eval_uses_each_tasks_state(method, tmp_path, one_thread):
     from tests.baseline_kit import tiny_bench, tiny_strategy
 

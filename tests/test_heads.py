@@ -20,7 +20,7 @@ from .baseline_kit import ARCH
 
 PRE_CLASSES = 4
 CARRIED = ("nws", "packnet")              # the head of task t-1 goes on
-RESTART = ("finetune", "aqd", "ksm")      # the pretrained network (and its head) again
+RESTART = ("finetune", "aqd", "ksm", "frozen")  # the pretrained network (and its head) again
 
 
 def _strategy(method: str, task_classes, *sets: str):
