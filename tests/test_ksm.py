@@ -68,11 +68,13 @@ def test_forward_and_gradient_equal_the_reference_formula_in_float64(training):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """KSM on split-digits (8x8, tiny net): 240 steps on task 0, then task 1."""
+    """KSM on the first two tasks of digits-transfer (8x8, tiny net, the stream whose permuted
+    task needs new features): 200 steps per task."""
     load_all()
     art = tmp_path_factory.mktemp("ksm")
-    cfg = build_config([], [f"arch={ARCH}", "epochs=20", "batch_size=16", "benchmark_options.tasks=5",
-                            "benchmark_options.image_size=8"], method="ksm")
+    cfg = build_config([], ["benchmark=digits-transfer", f"arch={ARCH}", "epochs=20", "batch_size=15",
+                            "benchmark_options.transforms=[identity,pixels]", "benchmark_options.image_size=8"],
+                       method="ksm")
     bench = build_benchmark(cfg)
     torch.manual_seed(0)
     pre = build_arch(ARCH, 4, bench.in_channels)
