@@ -1,21 +1,30 @@
 """nws-avalanche: Neural Weight Search and its baselines on Avalanche task-incremental streams.
 
 In your own Avalanche code: ``Naive(model, opt, crit, plugins=[NWSPlugin(pools=build_pools_kmeans(model, K=64))])``.
+
+The public names are loaded on first use (PEP 562), so ``import nws_avalanche`` and the command
+line's ``--help``/``status`` do not import torch, numba or Avalanche.
 """
-from .layers import NWSConv2d, NWSLinear, commitment_loss, nws_layers
-from .nwsify import nwsify
-from .pools import PoolSet, build_pools_kmeans
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["NWS", "NWSPlugin", "NWSConv2d", "NWSLinear", "commitment_loss", "nws_layers", "nwsify", "PoolSet",
-           "build_pools_kmeans"]
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "NWS": "avalanche_nws", "NWSPlugin": "plugin", "NWSConv2d": "layers", "NWSLinear": "layers",
+    "commitment_loss": "layers", "nws_layers": "layers", "nwsify": "nwsify", "PoolSet": "pools",
+    "build_pools_kmeans": "pools",
+}
+__all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name):  # Avalanche is imported only when the plugin or the strategy is asked for
-    if name == "NWSPlugin":
-        from .plugin import NWSPlugin
-        return NWSPlugin
-    if name == "NWS":
-        from .avalanche_nws import NWS
-        return NWS
+def __getattr__(name):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
     raise AttributeError(f"module 'nws_avalanche' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -1,4 +1,4 @@
-"""The appendix's other backbones (ResNet-34, MobileNet-V2, VGG-16), registered in ``ARCHS``.
+"""The appendix's other backbones (ResNet-34, MobileNet-V2, VGG-16), registered in ``models.ARCHS``.
 
 All keep torchvision's parameter names, so torchvision state_dicts load (see
 ``assets.load_torchvision_state``); the task head is always the bias-free Linear ``fc``.
@@ -21,7 +21,7 @@ from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers as vgg_make_layers
 
-from .models import ARCHS, ResNet
+from .resnet import ResNet
 
 
 class FeaturesHead(nn.Module):
@@ -67,13 +67,11 @@ class VGG16(FeaturesHead):
     min_input_size = 32  # five 2x2 max-pools
 
 
-@ARCHS.register("resnet34")
 def resnet34(num_classes: int, in_channels: int = 3) -> ResNet:
     """The paper's ResNet layout with ResNet-34's [3, 4, 6, 3] blocks (37 NWS layers with the head)."""
     return ResNet([3, 4, 6, 3], [64, 128, 256, 512], num_classes, in_channels)
 
 
-@ARCHS.register("mobilenet_v2")
 def mobilenet_v2(num_classes: int, in_channels: int = 3, width_mult: float = 1.0) -> MobileNetV2:
     trunk = tv_mobilenet_v2(weights=None, width_mult=width_mult).features
     _replace_first_conv(trunk, in_channels)
@@ -91,11 +89,9 @@ def _vgg(batch_norm: bool, num_classes: int, in_channels: int) -> VGG16:
     return VGG16(trunk, 512, num_classes)
 
 
-@ARCHS.register("vgg16")
 def vgg16(num_classes: int, in_channels: int = 3) -> VGG16:
     return _vgg(False, num_classes, in_channels)
 
 
-@ARCHS.register("vgg16-bn")
 def vgg16_bn(num_classes: int, in_channels: int = 3) -> VGG16:
     return _vgg(True, num_classes, in_channels)

@@ -26,6 +26,32 @@ from .errors import ConfigError
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+@dataclass
+class PoolSettings:
+    """The pool and NWS-loss settings, declared once: ``RunConfig`` takes its defaults and checks
+    from here, the tool subcommands' settings (``nws_avalanche.settings``) extend it."""
+    pool_size: int = 512   # K, vectors per layer (the paper: 512)
+    beta: float = 0.5      # commitment weight (the paper: 0.5 CIFAR, 0.1 CUB)
+    group_size: int = 1    # gs: input channels per vector in 1x1 convs (1 = single weights)
+
+    def check_pool(self) -> None:
+        check_pool_settings(self.pool_size, self.beta, self.group_size)
+
+
+POOL_DEFAULTS = PoolSettings()
+
+
+def check_pool_settings(pool_size: int, beta: float, group_size: int) -> None:
+    _need(pool_size >= 2, f"pool_size must be >= 2 (got {pool_size}); the paper uses 512")
+    _need(beta >= 0, f"beta must be >= 0 (got {beta}); the paper uses 0.5 (CIFAR) / 0.1 (CUB)")
+    _need(group_size >= 1, f"group_size must be >= 1 (got {group_size})")
+
+
 @dataclass
 class RunConfig:
     benchmark: str = "split-digits"
@@ -45,9 +71,9 @@ class RunConfig:
     gamma: float = 0.1
     head_init: str = "pretrained"  # task heads: pretrained (the authors' rule, see docs/fidelity.md) | fresh
     # NWS
-    beta: float = 0.5
-    pool_size: int = 512
-    group_size: int = 1
+    beta: float = POOL_DEFAULTS.beta            # PoolSettings declares these three (and their checks)
+    pool_size: int = POOL_DEFAULTS.pool_size
+    group_size: int = POOL_DEFAULTS.group_size
     # assets: pools and the pretrained network
     pool_file: str | None = None
     pretrained: str | None = None  # torchvision-format state_dict, "imagenet" (nws_avalanche.hub), or "random"
@@ -71,8 +97,7 @@ class RunConfig:
         def need(ok, msg):
             if not ok:
                 raise ConfigError(msg)
-        need(self.pool_size >= 2, f"pool_size must be >= 2 (got {self.pool_size}); the paper uses 512")
-        need(self.beta >= 0, f"beta must be >= 0 (got {self.beta}); the paper uses 0.5 (CIFAR) / 0.1 (CUB)")
+        check_pool_settings(self.pool_size, self.beta, self.group_size)
         need(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})")
         need(self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
         need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1 (got {self.eval_batch_size})")
@@ -81,7 +106,6 @@ class RunConfig:
         need(self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})")
         need(self.gamma > 0, f"gamma must be > 0 (got {self.gamma})")
         need(all(m >= 0 for m in self.milestones), f"milestones must be epochs >= 0 (got {self.milestones})")
-        need(self.group_size >= 1, f"group_size must be >= 1 (got {self.group_size})")
         need(self.head_init in ("pretrained", "fresh"),
              f"head_init must be pretrained or fresh (got {self.head_init!r})")
         need(self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam (got {self.optimizer!r})")

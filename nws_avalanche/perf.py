@@ -10,7 +10,7 @@ import copy
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,35 +18,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .artifact import load_nws_task, save_nws_task
-from .codecs import CODECS, DEFAULT_CODEC, order0_entropy_bits
+from .codecs import CODECS, order0_entropy_bits
 from .container import read_container
 from .layers import commitment_loss, nws_layers
 from .models import build_arch, head_name
 from .nwsify import nwsify
 from .pools import PoolSet, layer_specs, layer_vectors
 from .search import SEARCHES, exact_rows
-
-
-@dataclass
-class PerfConfig:
-    arch: str = "resnet18"
-    in_channels: int = 3
-    num_classes: int = 10
-    image_size: int = 32
-    batch_size: int = 32
-    pool_size: int = 512
-    search: str = "incremental"
-    codec: str = DEFAULT_CODEC
-    steps: int = 10           # timed training steps (after warm-up)
-    warmup: int = 3
-    check_steps: int = 5      # steps of real training checked against exhaustive search
-    check_lr: float = 0.5     # high LR so that kernels cross decision boundaries
-    lr: float = 0.01
-    beta: float = 0.5
-    eval_batches: int = 9
-    switch_repeats: int = 5
-    threads: int = 0          # 0: leave torch's default
-    seed: int = 0
+from .settings import PerfConfig
 
 
 class _TimedSearch:

@@ -1,7 +1,6 @@
 """Pools from a checkpoint (k-means per layer) and a look inside a pool file."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,17 +12,7 @@ from .hub import resolve_pretrained
 from .models import build_arch
 from .pools import PoolSet, build_pools_kmeans, layer_vectors
 from .search import nearest
-
-
-@dataclass
-class KMeansSettings:
-    pool_size: int = 512
-    seed: int = 0
-    iters: int = 25
-    init_sample: int = 4096    # rows for the k-means++ start
-    fit_sample: int = 16384    # rows for the Lloyd iterations (then final_iters on all rows)
-    final_iters: int = 2
-    group_size: int = 1
+from .settings import KMeansSettings
 
 
 def model_from_checkpoint(path: str, arch: str, in_channels: int = 3) -> torch.nn.Module:
@@ -37,8 +26,7 @@ def model_from_checkpoint(path: str, arch: str, in_channels: int = 3) -> torch.n
 
 def build_from_checkpoint(path: str, arch: str, s: KMeansSettings, in_channels: int = 3,
                           progress=None) -> PoolSet:
-    if s.pool_size < 2:
-        raise ConfigError(f"--pool-size must be >= 2 (got {s.pool_size})")
+    s.validate()
     model = model_from_checkpoint(path, arch, in_channels)
     return build_pools_kmeans(model, arch, s.pool_size, seed=s.seed, iters=s.iters,
                               group_sizes=group_sizes_for(model, s.group_size), init_sample=s.init_sample,

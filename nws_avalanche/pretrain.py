@@ -58,6 +58,7 @@ from .layers import commitment_loss, nws_layers
 from .models import build_arch
 from .nwsify import nwsify
 from .pools import PoolSet, layer_specs, layer_vectors
+from .settings import PretrainConfig
 from .vq_ema import EMAConfig, PoolEMA
 
 CHECKPOINT_FORMAT = 1
@@ -67,66 +68,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class TrainingDiverged(NWSError):
     pass
-
-
-@dataclass
-class PretrainConfig:
-    data: str = ""
-    out: str = "pools"
-    arch: str = "resnet18"
-    epochs: int = 160
-    batch_size: int = 256          # global: split evenly over the ranks
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    beta: float = 0.5
-    pool_size: int = 512
-    group_size: int = 1
-    image_size: int = 224
-    augment: bool = True           # RandomResizedCrop + flip; False: resize + centre crop
-    max_classes: int | None = None  # first N classes (sorted) of the folder, e.g. 100 for Sub-ImageNet
-    seed: int = 0
-    decay: float = 0.99
-    eps: float = 1e-5
-    revive_fraction: float = 0.03
-    ema_stats: str = "forward"     # forward (the authors': the forward pass's assignment) | post_step
-    ema_prior: str = "uniform"     # initial EMA state: uniform (N = n/K, m = N P) | zero (the authors')
-    schedule: str = "multistep"    # multistep (the authors': x0.1 at 100 of 160 epochs, else at 50 % and 80 %) | cosine
-    init: str | None = None        # torchvision-format state_dict to start from (default: kaiming)
-    amp: str = "off"               # off | bf16 | fp16
-    workers: int = 4
-    device: str = "auto"           # auto | cpu | cuda
-    stop_after: int | None = None  # stop after this many epochs in this invocation (resumable)
-    progress: bool | None = None
-
-    # keys that must match for a rerun to resume a checkpoint
-    RESUME_KEYS = ("data", "arch", "epochs", "batch_size", "lr", "momentum", "weight_decay", "beta",
-                   "pool_size", "group_size", "image_size", "augment", "max_classes", "seed", "decay",
-                   "eps", "revive_fraction", "ema_stats", "schedule", "init", "amp")
-
-    def validate(self) -> "PretrainConfig":
-        checks = [(self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})"),
-                  (self.batch_size >= 1, f"batch size must be >= 1 (got {self.batch_size})"),
-                  (self.pool_size >= 2, f"pool size must be >= 2 (got {self.pool_size})"),
-                  (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
-                  (self.beta >= 0, f"beta must be >= 0 (got {self.beta})"),
-                  (0 <= self.decay < 1, f"decay must be in [0, 1) (got {self.decay})"),
-                  (self.eps > 0, f"eps must be > 0 (got {self.eps})"),
-                  (self.image_size >= 8, f"image size must be >= 8 (got {self.image_size})"),
-                  (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16 (got {self.amp!r})"),
-                  (self.ema_stats in ("forward", "post_step"),
-                   f"ema stats must be forward or post_step (got {self.ema_stats!r})"),
-                  (self.ema_prior in ("uniform", "zero"),
-                   f"ema prior must be uniform or zero (got {self.ema_prior!r})"),
-                  (self.schedule in ("multistep", "cosine"),
-                   f"schedule must be multistep or cosine (got {self.schedule!r})")]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
-        return self
-
-    def resume_key(self) -> dict:
-        return {k: getattr(self, k) for k in self.RESUME_KEYS}
 
 
 # -- data -------------------------------------------------------------------------------------

@@ -2,25 +2,20 @@
 per index against the order-0 entropy; prints a summary and writes the figures as JSON."""
 from __future__ import annotations
 
-
-import torch
-
 from ..cli import command
 from ..errors import ConfigError
 
 
+_HELP = {"arch": "architecture (the paper's resnet18)", "search": "search to measure",
+         "codec": "index codec to measure", "steps": "timed training steps after warm-up",
+         "check_steps": "training steps checked against brute force",
+         "check_lr": "LR of the checked steps (high: indices change)", "threads": "torch CPU threads (0: torch's)"}
+
+
 def add_arguments(p):
-    p.add_argument("--arch", default="resnet18", help="architecture (default: the paper's resnet18)")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--pool-size", type=int, default=512)
-    p.add_argument("--search", default=None, help="search to measure (default: the NWS default)")
-    p.add_argument("--codec", default=None, help="index codec to measure (default: the NWS default)")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps after warm-up")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--check-steps", type=int, default=5, help="training steps checked against brute force")
-    p.add_argument("--check-lr", type=float, default=0.5, help="LR of the checked steps (high: indices change)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    from ..settings import PerfConfig, add_settings_arguments
+
+    add_settings_arguments(p, PerfConfig, _HELP)
     p.add_argument("--large", action="store_true", help="also time training at 224x224 (slow)")
     p.add_argument("--large-batch", type=int, default=8)
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU even when one is present")
@@ -66,26 +61,18 @@ def _report(r: dict) -> list[str]:
 
 
 def main(args):
-    from ..atomic import atomic_write_json
-    from ..perf import PerfConfig, config_dict, measure
-    from ..codecs import CODECS, DEFAULT_CODEC
-    from ..search import DEFAULT_SEARCH, SEARCHES
+    from ..settings import PerfConfig, settings_from_args
 
-    search = args.search or DEFAULT_SEARCH
-    codec = args.codec or DEFAULT_CODEC
-    if search not in SEARCHES.names():
-        raise ConfigError(f"--search {search!r} unknown; choose one of {', '.join(SEARCHES.names())}")
-    if codec not in CODECS.names():
-        raise ConfigError(f"--codec {codec!r} unknown; choose one of {', '.join(CODECS.names())}")
-    for name in ("steps", "check_steps", "batch_size", "image_size", "pool_size", "large_batch"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = PerfConfig(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
-                     pool_size=args.pool_size, search=search, codec=codec, steps=args.steps,
-                     warmup=args.warmup, check_steps=args.check_steps, check_lr=args.check_lr,
-                     threads=args.threads)
+    cfg = settings_from_args(PerfConfig, args, "perf")
+    if args.large_batch < 1:
+        raise ConfigError(f"--large-batch must be >= 1, got {args.large_batch}")
+    import torch
+
+    from ..atomic import atomic_write_json
+    from ..perf import config_dict, measure
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_gpu else [])
     results = []
     for dev in devices:

@@ -1,9 +1,8 @@
 """``nws-bench pretrain-pools``: train an NWS network on an image folder, pools learnt by EMA."""
 from __future__ import annotations
 
-from dataclasses import fields
-
 from ..cli import command
+from ..errors import ConfigError
 
 _HELP = {
     "data": "image folder <root>/<class>/<image> (e.g. ImageNet's train/)",
@@ -22,31 +21,21 @@ _HELP = {
 
 
 def add_arguments(p):
-    from ..pretrain import PretrainConfig
+    from ..settings import PretrainConfig, add_settings_arguments
 
-    for f in fields(PretrainConfig):
-        if f.name == "progress":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if f.name == "data":
-            p.add_argument(flag, required=True, help=_HELP["data"])
-        elif isinstance(default, bool):
-            p.add_argument(flag, default=default, type=lambda s: s.lower() in ("1", "true", "yes", "on"),
-                           metavar="BOOL", help=_HELP.get(f.name, f"(default {default})"))
-        else:
-            typ = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-            if default is None or "None" in str(f.type):
-                typ = {"int | None": int, "str | None": str}.get(str(f.type), str)
-            p.add_argument(flag, default=default, type=typ, help=_HELP.get(f.name, f"(default {default})"))
+    add_settings_arguments(p, PretrainConfig, _HELP, skip=("progress",))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args):
-    from ..pretrain import PretrainConfig, pretrain
+    from ..settings import PretrainConfig, settings_from_args
 
-    kw = {f.name: getattr(args, f.name) for f in fields(PretrainConfig) if f.name != "progress"}
-    cfg = PretrainConfig(**kw, progress=False if args.no_progress else None)
+    cfg = settings_from_args(PretrainConfig, args, "pretrain-pools",
+                             **({"progress": False} if args.no_progress else {}))
+    if not cfg.data:
+        raise ConfigError("pretrain-pools needs the image folder: --data DIR (or --set data=DIR)")
+    from ..pretrain import pretrain
+
     summary = pretrain(cfg)
     if summary["rank"] != 0:
         return 0

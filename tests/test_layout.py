@@ -1,0 +1,139 @@
+"""The package's shape: light imports for the command line, no import cycles."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("nws_avalanche", "baselines", "benchmarks", "reports")
+HEAVY = ("torch", "numba", "avalanche", "torchvision", "wandb", "submitit", "pandas", "matplotlib", "tabulate")
+
+
+def _loaded_after(code: str) -> list[str]:
+    """Top-level packages from HEAVY that ``code`` leaves in ``sys.modules`` (a fresh interpreter)."""
+    probe = code + f"\nimport sys, json\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_loads_no_heavy_library():
+    assert _loaded_after("import nws_avalanche") == []
+
+
+def test_public_names_still_load_on_use():
+    assert "torch" in _loaded_after("from nws_avalanche import NWSConv2d, PoolSet, nwsify")
+
+
+def _cli(args: list[str]) -> str:
+    return f"""
+import contextlib, io
+from nws_avalanche.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    try:
+        main({args!r})
+    except SystemExit:
+        pass
+"""
+
+
+def test_help_of_every_subcommand_imports_no_torch():
+    assert _loaded_after(_cli(["--help"])) == []
+    for sub in ("run", "pretrain-pools", "build-pools", "perf", "data", "pools", "report", "status"):
+        assert _loaded_after(_cli([sub, "--help"])) == [], sub
+
+
+def test_status_imports_no_torch(tmp_path):
+    run = tmp_path / "split-digits" / "nws" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("method: nws\n")
+    assert _loaded_after(_cli(["status", str(tmp_path)])) == []
+
+
+# -- import cycles ------------------------------------------------------------------------------
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for p in (ROOT / pkg).rglob("*.py"):
+            parts = list(p.relative_to(ROOT).with_suffix("").parts)
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its body (lazy imports included: a
+    function-level import is still a dependency)."""
+    mods = _modules()
+    graph = {}
+    for name, path in mods.items():
+        is_pkg = path.name == "__init__.py"
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = name.split(".") if is_pkg else name.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    prefix = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    prefix = node.module
+                targets = [prefix] + [f"{prefix}.{a.name}" for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    deps.add(t)
+        graph[name] = deps
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_graph_sees_relative_and_lazy_imports():
+    g = import_graph()
+    assert "nws_avalanche.errors" in g["nws_avalanche.config"]          # from .errors import ...
+    assert "nws_avalanche.pretrain" in g["nws_avalanche.commands.pretrain_pools"]  # inside main()
+
+
+def test_no_import_cycle_between_modules():
+    assert cycles(import_graph()) == []
