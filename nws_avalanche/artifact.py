@@ -1,7 +1,7 @@
 """Per-task NWS artifact: what a task really stores, and the rebuild from it.
 
 One file per task: for every NWS layer the chosen pool indices, coded losslessly (the codec is
-named in the header; ``bitpack`` = ``ceil(log2 K)`` bits each), plus every other entry of the
+named in the header, default ``codecs.DEFAULT_CODEC``), plus every other entry of the
 task's state_dict (BatchNorm parameters and statistics, biases, non-NWS layers). The header
 holds the format version, the architecture, the pool fingerprint and digest; the container
 adds a checksum. Pools are not in it: they are the run's shared "assist" file.
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .codecs import get_codec
+from .codecs import DEFAULT_CODEC, get_codec
 from .container import pack_state, read_container, unpack_state, write_container
 from .errors import ArtifactError
 from .fastbuild import skip_weight_init
@@ -34,7 +34,7 @@ def _nws_owned_keys(model: nn.Module) -> set[str]:
 
 
 def save_nws_task(path, model: nn.Module, *, task: int, arch: str, num_classes: int,
-                  pool_fingerprint: str, pool_digest: str, codec: str = "bitpack",
+                  pool_fingerprint: str, pool_digest: str, codec: str = DEFAULT_CODEC,
                   extra: dict | None = None) -> Path:
     """Write task ``task``'s artifact from ``model`` (its NWS layers' current indices, coded with
     ``codec``, and every other state_dict entry); ``pool_fingerprint``/``pool_digest`` come from

@@ -89,7 +89,7 @@ def _read_varints(data: bytes, pos: int, count: int) -> tuple[list[int], int]:
 
 
 def order0_entropy_bits(indices: np.ndarray, K: int) -> float:
-    """n * H0: the order-0 empirical entropy of ``indices`` in bits (the bound ``rans`` targets)."""
+    """n * H0: the order-0 empirical entropy of ``indices`` in bits (the bound ``rans16`` targets)."""
     idx = np.asarray(indices).reshape(-1)
     if idx.size == 0:
         return 0.0
@@ -98,7 +98,7 @@ def order0_entropy_bits(indices: np.ndarray, K: int) -> float:
     return float(-(counts[counts > 0] * np.log2(p)).sum())
 
 
-_EMPTY, _CONST, _RAW, _ANS, _ANS16 = 0, 1, 2, 3, 4
+_EMPTY, _CONST, _RAW, _ANS16 = 0, 1, 2, 4  # (3 was a retired coder's stream: refused)
 
 
 class _CountsTableCodec:
@@ -189,41 +189,6 @@ class _CountsTableCodec:
             raise ValueError(f"frequency table does not sum to n={n}")
         counts = np.array(head + [last], dtype=np.int64)
         return cls._unstream(body[pos:], counts, present, n)
-
-
-@CODECS.register("rans")
-class RANS(_CountsTableCodec):
-    """Stream: ``constriction``'s ANS coder (little-endian uint32 words) with the exact empirical
-    distribution as ``constriction.stream.model.Categorical(perfect=False)``, which turns it into
-    the same fixed-point table on encode and decode. Artifacts of earlier runs use it."""
-
-    MODE = _ANS
-
-    @staticmethod
-    def _model(counts: np.ndarray):
-        import constriction
-
-        return constriction.stream.model.Categorical(counts.astype(np.float64) / counts.sum(), perfect=False)
-
-    @classmethod
-    def _stream(cls, symbols: np.ndarray, counts: np.ndarray) -> bytes:
-        import constriction
-
-        coder = constriction.stream.stack.AnsCoder()
-        coder.encode_reverse(symbols, cls._model(counts))
-        return coder.get_compressed().astype("<u4").tobytes()
-
-    @classmethod
-    def _unstream(cls, words: bytes, counts: np.ndarray, present: np.ndarray, n: int) -> np.ndarray:
-        import constriction
-
-        if len(words) % 4:
-            raise ValueError("ANS stream is not a whole number of 32-bit words")
-        coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
-        sym = coder.decode(cls._model(counts), n)
-        if not coder.is_empty():
-            raise ValueError("ANS stream has trailing data")
-        return present[np.asarray(sym, dtype=np.int64)]
 
 
 @CODECS.register("rans16")

@@ -19,13 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-try:  # numba is a dependency; the guard keeps the package importable where it cannot load
-    import numba
-    from numba import njit
-except Exception:  # pragma: no cover - exercised only on broken installs
-    numba = None
+from numba import njit
 
-_ENABLED = numba is not None and os.environ.get("NWS_KERNELS", "numba") != "torch"
+_ENABLED = os.environ.get("NWS_KERNELS", "numba") != "torch"
 _LOCK = threading.Lock()  # one caller at a time: the halves of a pass share the helper thread
 _HELPER: ThreadPoolExecutor | None = None
 SPLIT_FROM = 1 << 20  # values touched by a pass from which it runs on two threads
@@ -47,7 +43,7 @@ def set_enabled(flag: bool) -> bool:
     """Switch the fused kernels on or off (tests compare both paths); returns the old setting."""
     global _ENABLED
     old = _ENABLED
-    _ENABLED = bool(flag) and numba is not None
+    _ENABLED = bool(flag)
     return old
 
 
@@ -74,207 +70,206 @@ def _halves(n: int, work: int, run):
     return [first, second]
 
 
-if numba is not None:
-    @njit(nogil=True, cache=True)
-    def _ste_forward(w, q, out):  # pragma: no cover - compiled
-        acc = 0.0
-        for i in range(w.size):
-            d = q[i] - w[i]
-            out[i] = w[i] + d
-            acc += np.float64(d) * np.float64(d)
-        return acc
+@njit(nogil=True, cache=True)
+def _ste_forward(w, q, out):  # pragma: no cover - compiled
+    acc = 0.0
+    for i in range(w.size):
+        d = q[i] - w[i]
+        out[i] = w[i] + d
+        acc += np.float64(d) * np.float64(d)
+    return acc
 
-    @njit(nogil=True, cache=True)
-    def _ste_backward(w, q, g, c, out):  # pragma: no cover - compiled
-        two = np.float32(2.0)
-        for i in range(w.size):
-            out[i] = g[i] - c * ((q[i] - w[i]) * two)
+@njit(nogil=True, cache=True)
+def _ste_backward(w, q, g, c, out):  # pragma: no cover - compiled
+    two = np.float32(2.0)
+    for i in range(w.size):
+        out[i] = g[i] - c * ((q[i] - w[i]) * two)
 
-    _E = 2.220446049250313e-16  # float64 epsilon
+_E = 2.220446049250313e-16  # float64 epsilon
 
-    @njit(nogil=True, cache=True, inline="always")
-    def _dist2(w, i, pool, c):  # pragma: no cover - compiled
-        # in the pool's precision: float32 (re-scoring) or float64 (after a full scan)
-        t2 = pool.dtype.type(0.0)
-        for k in range(w.shape[1]):
-            t = pool.dtype.type(w[i, k]) - pool[c, k]
-            t2 += t * t
-        return t2
+@njit(nogil=True, cache=True, inline="always")
+def _dist2(w, i, pool, c):  # pragma: no cover - compiled
+    # in the pool's precision: float32 (re-scoring) or float64 (after a full scan)
+    t2 = pool.dtype.type(0.0)
+    for k in range(w.shape[1]):
+        t = pool.dtype.type(w[i, k]) - pool[c, k]
+        t2 += t * t
+    return t2
 
-    @njit(nogil=True, cache=True, inline="always")
-    def _settle(w, i, cand, pool, rel, gaps, bound, eps64c, pnorm, dist):  # pragma: no cover - compiled
-        """Decide row i from its candidates, every other row being at least ``bound`` away.
-        Returns (sure, position of the winner in cand[i], safe squared radius). ``gaps``: the
-        pool's pairwise distances, rounded up (float32, small enough to stay in cache), or 1x1
-        for none. ``pool``:
-        float32 (distances summed in float32) or float64; each distance is within a relative
-        ``rel`` of the exact one. ``dist``: space for the candidates' distances (one per thread)."""
-        e = _E
-        m = cand.shape[1]
-        best = np.inf
-        bj = 0
-        for j in range(m):
-            t2 = np.float64(_dist2(w, i, pool, cand[i, j]))
-            dist[j] = t2
-            bj = j if t2 < best else bj  # selects, not branches: the winner's slot is random
-            best = min(t2, best)
-        hi_b = best * (1.0 + rel)
-        e64 = eps64c * (math.sqrt(hi_b) + 2.0 * pnorm) ** 2
-        hi_m = hi_b + 8.0 * e64
-        outside = bound * bound if bound > 0.0 else 0.0
-        if not (hi_m < outside):
+@njit(nogil=True, cache=True, inline="always")
+def _settle(w, i, cand, pool, rel, gaps, bound, eps64c, pnorm, dist):  # pragma: no cover - compiled
+    """Decide row i from its candidates, every other row being at least ``bound`` away.
+    Returns (sure, position of the winner in cand[i], safe squared radius). ``gaps``: the
+    pool's pairwise distances, rounded up (float32, small enough to stay in cache), or 1x1
+    for none. ``pool``:
+    float32 (distances summed in float32) or float64; each distance is within a relative
+    ``rel`` of the exact one. ``dist``: space for the candidates' distances (one per thread)."""
+    e = _E
+    m = cand.shape[1]
+    best = np.inf
+    bj = 0
+    for j in range(m):
+        t2 = np.float64(_dist2(w, i, pool, cand[i, j]))
+        dist[j] = t2
+        bj = j if t2 < best else bj  # selects, not branches: the winner's slot is random
+        best = min(t2, best)
+    hi_b = best * (1.0 + rel)
+    e64 = eps64c * (math.sqrt(hi_b) + 2.0 * pnorm) ** 2
+    hi_m = hi_b + 8.0 * e64
+    outside = bound * bound if bound > 0.0 else 0.0
+    if not (hi_m < outside):
+        return False, bj, 0.0
+    b = cand[i, bj]
+    face = np.inf
+    for j in range(m):
+        if j == bj:
+            continue
+        c = cand[i, j]
+        lo = dist[j] * (1.0 - rel)
+        if not (hi_m < lo):
             return False, bj, 0.0
-        b = cand[i, bj]
-        face = np.inf
-        for j in range(m):
-            if j == bj:
-                continue
-            c = cand[i, j]
-            lo = dist[j] * (1.0 - rel)
-            if not (hi_m < lo):
-                return False, bj, 0.0
-            if gaps.shape[0] > 1:
-                g = gaps[b, c]
-            else:  # no table (a large pool): |p_b - p_c| <= |w - p_b| + |w - p_c|
-                g = (math.sqrt(hi_b) + math.sqrt(dist[j] * (1.0 + rel))) * (1.0 + 4.0 * e)
-            f = (lo - hi_m) / g
-            if f < face:
-                face = f
-        face *= 0.5 * (1.0 - 8.0 * e)
-        u1 = math.sqrt(hi_b + e64) * (1.0 + 2.0 * e)
-        l2 = math.sqrt(max(outside - e64, 0.0)) * (1.0 - 2.0 * e)
-        rest = (l2 - u1 - 4.0 * e64 / max(l2 + u1, 1e-300)) * (0.5 * (1.0 - 4.0 * e))
-        rad = max(min(face, rest), 0.0)
-        return True, bj, rad * rad * (1.0 - 1e-6)  # stored as float32: must not round up
+        if gaps.shape[0] > 1:
+            g = gaps[b, c]
+        else:  # no table (a large pool): |p_b - p_c| <= |w - p_b| + |w - p_c|
+            g = (math.sqrt(hi_b) + math.sqrt(dist[j] * (1.0 + rel))) * (1.0 + 4.0 * e)
+        f = (lo - hi_m) / g
+        if f < face:
+            face = f
+    face *= 0.5 * (1.0 - 8.0 * e)
+    u1 = math.sqrt(hi_b + e64) * (1.0 + 2.0 * e)
+    l2 = math.sqrt(max(outside - e64, 0.0)) * (1.0 - 2.0 * e)
+    rest = (l2 - u1 - 4.0 * e64 / max(l2 + u1, 1e-300)) * (0.5 * (1.0 - 4.0 * e))
+    rad = max(min(face, rest), 0.0)
+    return True, bj, rad * rad * (1.0 - 1e-6)  # stored as float32: must not round up
 
-    @njit(nogil=True, cache=True)
-    def _scan(w, i, cand, pool, kd):  # pragma: no cover - compiled
-        """Full float64 scan of row i: its nearest rows into cand[i] (padding kd), and a lower
-        bound on the distance to every other row."""
-        m = cand.shape[1]
-        top = min(m + 1, kd)
-        # sorted (distance, row) pairs; allocated per row (no thread ids: cached machine code
-        # must not depend on the threading layer loaded at run time), full scans are rare
-        scratch = np.empty((top, 2))
-        cnt = 0
-        for c in range(kd):
-            t2 = _dist2(w, i, pool, c)
-            if cnt < top:
-                pos = cnt
-                cnt += 1
-            elif t2 < scratch[top - 1, 0]:
-                pos = top - 1
-            else:
-                continue
-            while pos > 0 and scratch[pos - 1, 0] > t2:
-                scratch[pos, 0] = scratch[pos - 1, 0]
-                scratch[pos, 1] = scratch[pos - 1, 1]
-                pos -= 1
-            scratch[pos, 0] = t2
-            scratch[pos, 1] = c
-        for j in range(m):
-            cand[i, j] = np.int32(scratch[j, 1]) if j < min(m, kd) else kd
-        if kd <= m:
-            return np.inf
-        # float64 distances from float32 inputs are within a relative (d+1) eps of the truth
-        lo = scratch[m, 0] * (1.0 - 2.0 * (w.shape[1] + 2) * _E)
-        return math.sqrt(max(lo, 0.0)) * (1.0 - 2.0 * _E)
+@njit(nogil=True, cache=True)
+def _scan(w, i, cand, pool, kd):  # pragma: no cover - compiled
+    """Full float64 scan of row i: its nearest rows into cand[i] (padding kd), and a lower
+    bound on the distance to every other row."""
+    m = cand.shape[1]
+    top = min(m + 1, kd)
+    # sorted (distance, row) pairs; allocated per row (no thread ids: cached machine code
+    # must not depend on the threading layer loaded at run time), full scans are rare
+    scratch = np.empty((top, 2))
+    cnt = 0
+    for c in range(kd):
+        t2 = _dist2(w, i, pool, c)
+        if cnt < top:
+            pos = cnt
+            cnt += 1
+        elif t2 < scratch[top - 1, 0]:
+            pos = top - 1
+        else:
+            continue
+        while pos > 0 and scratch[pos - 1, 0] > t2:
+            scratch[pos, 0] = scratch[pos - 1, 0]
+            scratch[pos, 1] = scratch[pos - 1, 1]
+            pos -= 1
+        scratch[pos, 0] = t2
+        scratch[pos, 1] = c
+    for j in range(m):
+        cand[i, j] = np.int32(scratch[j, 1]) if j < min(m, kd) else kd
+    if kd <= m:
+        return np.inf
+    # float64 distances from float32 inputs are within a relative (d+1) eps of the truth
+    lo = scratch[m, 0] * (1.0 - 2.0 * (w.shape[1] + 2) * _E)
+    return math.sqrt(max(lo, 0.0)) * (1.0 - 2.0 * _E)
 
-    @njit(nogil=True, cache=True)
-    def _cells(x, idx, lo, hi, values, first, clo, chi, flag):  # pragma: no cover - compiled
-        """1-D search: values that left their cell are searched again (``_SortedPool1D.search``)."""
-        count = 0
-        last = values.shape[0] - 1
-        for i in range(x.shape[0]):
-            if x[i] >= lo[i] and x[i] <= hi[i]:
-                flag[i] = False
-                continue
-            flag[i] = True
-            count += 1
-            v = np.float64(x[i])
-            if np.isnan(v):  # sorts last, as in torch.searchsorted
-                pos = last + 1
-            else:
-                a, b = 0, last + 1
-                while a < b:
-                    mid = (a + b) // 2
-                    if values[mid] < v:
-                        a = mid + 1
-                    else:
-                        b = mid
-                pos = a
-            l = max(pos - 1, 0)
-            h = min(pos, last)
-            dl = abs(v - values[l])
-            dh = abs(v - values[h])
-            if dl == dh and l != h:
-                idx[i] = min(first[l], first[h])
-                lo[i] = np.inf
-                hi[i] = -np.inf
-            else:
-                c = l if dl <= dh else h
-                idx[i] = first[c]
-                lo[i] = clo[c]
-                hi[i] = chi[c]
-        return count
+@njit(nogil=True, cache=True)
+def _cells(x, idx, lo, hi, values, first, clo, chi, flag):  # pragma: no cover - compiled
+    """1-D search: values that left their cell are searched again (``_SortedPool1D.search``)."""
+    count = 0
+    last = values.shape[0] - 1
+    for i in range(x.shape[0]):
+        if x[i] >= lo[i] and x[i] <= hi[i]:
+            flag[i] = False
+            continue
+        flag[i] = True
+        count += 1
+        v = np.float64(x[i])
+        if np.isnan(v):  # sorts last, as in torch.searchsorted
+            pos = last + 1
+        else:
+            a, b = 0, last + 1
+            while a < b:
+                mid = (a + b) // 2
+                if values[mid] < v:
+                    a = mid + 1
+                else:
+                    b = mid
+            pos = a
+        l = max(pos - 1, 0)
+        h = min(pos, last)
+        dl = abs(v - values[l])
+        dh = abs(v - values[h])
+        if dl == dh and l != h:
+            idx[i] = min(first[l], first[h])
+            lo[i] = np.inf
+            hi[i] = -np.inf
+        else:
+            c = l if dl <= dh else h
+            idx[i] = first[c]
+            lo[i] = clo[c]
+            hi[i] = chi[c]
+    return count
 
-    @njit(nogil=True, cache=True, inline="always")
-    def _accept(w, i, anchor, r2, idx, bound, new, rad2, newb):  # pragma: no cover - compiled
-        """Row i is decided at w: re-anchor it; returns whether its index changed."""
-        r2[i] = np.float32(rad2)
-        bound[i] = newb
-        for k in range(w.shape[1]):
-            anchor[i, k] = w[i, k]
-        if new != idx[i]:
-            idx[i] = new
-            return 1
-        return 0
+@njit(nogil=True, cache=True, inline="always")
+def _accept(w, i, anchor, r2, idx, bound, new, rad2, newb):  # pragma: no cover - compiled
+    """Row i is decided at w: re-anchor it; returns whether its index changed."""
+    r2[i] = np.float32(rad2)
+    bound[i] = newb
+    for k in range(w.shape[1]):
+        anchor[i, k] = w[i, k]
+    if new != idx[i]:
+        idx[i] = new
+        return 1
+    return 0
 
-    @njit(nogil=True, cache=True)
-    def _track(w, anchor, r2, idx, cand, bound, pool, pool32, rel, gaps, keep, slack, eps64c, pnorm, kd,
-               status):  # pragma: no cover - compiled
-        n, d = w.shape
-        dist = np.empty(cand.shape[1])
-        rel64 = 2.0 * (d + 2) * _E
-        rescored = 0
-        scanned = 0
-        ties = 0
-        changed = 0
-        for i in range(n):
-            # float32 (vectorises); its rounding is inside ``slack``, as on the torch path
-            s = np.float32(0.0)
-            for k in range(d):
-                t = w[i, k] - anchor[i, k]
-                s += t * t
-            moved = np.float64(s) * slack
-            if moved < r2[i]:
-                status[i] = 0
-                continue
-            # tier 2: the candidates, every other row at least bound - delta away
-            delta = math.sqrt(moved) * (1.0 + 1e-9)
-            newb = bound[i] * (1.0 - 4.0 * _E) - delta * (1.0 + 4.0 * _E)
-            sure, bj, rad2 = _settle(w, i, cand, pool32, rel, gaps, newb, eps64c, pnorm, dist)
-            if sure:
-                moved_idx = _accept(w, i, anchor, r2, idx, bound, keep[cand[i, bj]], rad2, newb)
-                status[i] = 5 if moved_idx else 1
-                changed += moved_idx
-                rescored += 1
-                continue
-            # tier 3: full scan
-            newb = _scan(w, i, cand, pool, kd)
-            # decided in float64: only ties at that precision are left to the reference
-            sure, bj, rad2 = _settle(w, i, cand, pool, rel64, gaps, newb, eps64c, pnorm, dist)
-            scanned += 1
-            if sure:
-                moved_idx = _accept(w, i, anchor, r2, idx, bound, keep[cand[i, bj]], rad2, newb)
-                status[i] = 6 if moved_idx else 2
-                changed += moved_idx
-            else:  # a near-tie: the caller asks the float64 reference (and counts it as changed)
-                _accept(w, i, anchor, r2, idx, bound, idx[i], 0.0, newb)
-                status[i] = 7
-                ties += 1
-                changed += 1
-        return rescored + scanned, scanned, ties, changed
+@njit(nogil=True, cache=True)
+def _track(w, anchor, r2, idx, cand, bound, pool, pool32, rel, gaps, keep, slack, eps64c, pnorm, kd,
+           status):  # pragma: no cover - compiled
+    n, d = w.shape
+    dist = np.empty(cand.shape[1])
+    rel64 = 2.0 * (d + 2) * _E
+    rescored = 0
+    scanned = 0
+    ties = 0
+    changed = 0
+    for i in range(n):
+        # float32 (vectorises); its rounding is inside ``slack``, as on the torch path
+        s = np.float32(0.0)
+        for k in range(d):
+            t = w[i, k] - anchor[i, k]
+            s += t * t
+        moved = np.float64(s) * slack
+        if moved < r2[i]:
+            status[i] = 0
+            continue
+        # tier 2: the candidates, every other row at least bound - delta away
+        delta = math.sqrt(moved) * (1.0 + 1e-9)
+        newb = bound[i] * (1.0 - 4.0 * _E) - delta * (1.0 + 4.0 * _E)
+        sure, bj, rad2 = _settle(w, i, cand, pool32, rel, gaps, newb, eps64c, pnorm, dist)
+        if sure:
+            moved_idx = _accept(w, i, anchor, r2, idx, bound, keep[cand[i, bj]], rad2, newb)
+            status[i] = 5 if moved_idx else 1
+            changed += moved_idx
+            rescored += 1
+            continue
+        # tier 3: full scan
+        newb = _scan(w, i, cand, pool, kd)
+        # decided in float64: only ties at that precision are left to the reference
+        sure, bj, rad2 = _settle(w, i, cand, pool, rel64, gaps, newb, eps64c, pnorm, dist)
+        scanned += 1
+        if sure:
+            moved_idx = _accept(w, i, anchor, r2, idx, bound, keep[cand[i, bj]], rad2, newb)
+            status[i] = 6 if moved_idx else 2
+            changed += moved_idx
+        else:  # a near-tie: the caller asks the float64 reference (and counts it as changed)
+            _accept(w, i, anchor, r2, idx, bound, idx[i], 0.0, newb)
+            status[i] = 7
+            ties += 1
+            changed += 1
+    return rescored + scanned, scanned, ties, changed
 
 
 _NONE = torch.zeros(0, dtype=torch.long)

@@ -143,8 +143,7 @@ def _collect(specs, jobs) -> list[Outcome]:
 
 
 @LAUNCHERS.register("local")
-def launch_local(specs, out: Path, overwrite: bool, opts: SlurmOptions, wait: bool = True,
-                 verify: bool = True) -> list[Outcome]:
+def launch_local(specs, out: Path, overwrite: bool, opts: SlurmOptions, verify: bool = True) -> list[Outcome]:
     """One subprocess per run (submitit LocalExecutor), at most ``array_parallelism`` at a time."""
     ex = _executor("local", out)
     ex.update_parameters(timeout_min=opts.time_min, gpus_per_node=opts.gpus_per_node)
@@ -197,16 +196,13 @@ def sbatch_script(specs, out: Path, opts: SlurmOptions) -> str:
 
 
 @LAUNCHERS.register("slurm")
-def launch_slurm(specs, out: Path, overwrite: bool, opts: SlurmOptions, wait: bool = False,
-                 verify: bool = True) -> list[Outcome]:
+def launch_slurm(specs, out: Path, overwrite: bool, opts: SlurmOptions, verify: bool = True) -> list[Outcome]:
     """One job array, one array task per run; returns at once (follow with ``nws-bench status``)."""
     ex = slurm_executor(out, opts)
     with ex.batch():
         jobs = [ex.submit(RunJob(spec, out, overwrite, verify=verify)) for spec in specs]
     for spec, job in zip(specs, jobs):
         print(f"== {spec.name}: slurm job {job.job_id}", flush=True)
-    if wait:
-        return _collect(specs, jobs)
     return [Outcome(spec.name, True, {"job_id": job.job_id}) for spec, job in zip(specs, jobs)]
 
 

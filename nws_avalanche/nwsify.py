@@ -2,8 +2,7 @@
 
 Converted: every ``nn.Conv2d`` (any ``padding_mode``: reflect/circular/replicate pad explicitly,
 as ``nn.Conv2d`` does) and every ``nn.Linear`` (a 1x1 NWS conv, d = group size), the task
-head(s) included unless ``include_head=False``. The head is ``model.head_attr`` (default
-``fc``), every classifier inside an Avalanche ``MultiHeadClassifier``/``IncrementalClassifier``,
+head(s) included unless ``include_head=False``. The head is ``fc``, every classifier inside an Avalanche ``MultiHeadClassifier``/``IncrementalClassifier``,
 else the last ``nn.Linear``. Layers that cannot be searched faithfully (``Conv1d``, ``Conv3d``,
 transposed and lazy convs, ``nn.MultiheadAttention``'s projections, subclasses of Conv2d/Linear
 whose forward may differ) are refused with their name and the reason.
@@ -21,15 +20,6 @@ from .layers import NWSConv2d, NWSLinear, SearchFactory
 from .models import head_name
 
 
-def vector_length(module: nn.Module, group_size: int = 1) -> int:
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return kh * kw * group_size
-    if isinstance(module, nn.Linear):
-        return group_size
-    raise TypeError(type(module))
-
-
 _REFUSED = {
     nn.Conv1d: "Conv1d kernels are 1-D; NWS pools here hold 2-D kernels (reshape to Conv2d (k, 1) first)",
     nn.Conv3d: "Conv3d is not supported by NWS layers",
@@ -40,7 +30,7 @@ _REFUSED = {
 
 
 def head_names(model: nn.Module) -> set[str]:
-    """The task head(s): ``model.head_attr``/``fc``, every Avalanche incremental/multi-head
+    """The task head(s): ``fc`` (``models.head_name``), every Avalanche incremental/multi-head
     classifier's Linear, else the last ``nn.Linear`` of the model."""
     from avalanche.models import IncrementalClassifier, MultiHeadClassifier
 
@@ -157,7 +147,7 @@ def nwsify(model: nn.Module, pools, include_head: bool = True,
         if table is None:
             raise ConfigError(f"no kernel pool for layer {name!r}; the pools have: {', '.join(pools)}")
         gs = group_sizes.get(name, 1)
-        expected = vector_length(m, gs)
+        expected = gs * (m.kernel_size[0] * m.kernel_size[1] if isinstance(m, nn.Conv2d) else 1)
         if table.dim() != 2 or table.shape[1] != expected:
             raise ConfigError(f"the pool of layer {name!r} is {list(table.shape)}, the layer needs [K, {expected}]"
                               f" (group size {gs}); build pools for this model (build_pools_kmeans)")

@@ -42,10 +42,6 @@ from .runstatus import error_tail, read_status, write_status
 from .template import accuracy_evaluator
 
 
-def seed_everything(seed: int) -> None:
-    seed_all(seed)
-
-
 # keys that change how a run is launched or logged, never its results: a rerun may change them
 LAUNCH_KEYS = ("wandb", "slurm", "loggers")
 
@@ -156,7 +152,7 @@ def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify) -
                                     f"to rebuild them from; rerun with --overwrite to redo the run")
     # Data, pretrained network and pools are all checked before the run folder is touched,
     # so a bad input never costs an earlier run (not even with --overwrite).
-    seed_everything(cfg.seed)
+    seed_all(cfg.seed)
     bench = build_benchmark(cfg)
     strategy_cls = METHODS.get(cfg.method)
     needs_pools = strategy_cls.needs_pools
@@ -200,7 +196,7 @@ def _read_results(path: Path) -> dict:
 def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks, sweep) -> dict:
     if assets.pools is not None and not (art / "pools.nwsp").is_file():
         atomic_write_bytes(art / "pools.nwsp", Path(assets.pool_path).read_bytes())  # never half a copy; evaluation reads this copy
-    seed_everything(cfg.seed)
+    seed_all(cfg.seed)
     task_classes = [t.num_classes for t in bench.tasks]
     evaluator = accuracy_evaluator(make_loggers(cfg.loggers, rdir, _wandb_run(callbacks))) if cfg.loggers else None
     strategy = build_strategy(cfg, assets, task_classes, progress=progress, evaluator=evaluator)
@@ -213,7 +209,7 @@ def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, c
     for t, exp in enumerate(scenario.train_stream):
         if t < state.next_task:
             continue
-        seed_everything(task_seed(cfg.seed, t))  # same batches for task t whether or not the run resumed
+        seed_all(task_seed(cfg.seed, t))  # same batches for task t whether or not the run resumed
         start = time.perf_counter()
         # worker processes decode images in parallel; persistent so they are forked once per task
         strategy.train(exp, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
@@ -278,6 +274,3 @@ def _check_is_run_folder(rdir: Path) -> None:
         raise ConfigError(f"--overwrite would delete {rdir}, which is not a run folder (no config.yaml); "
                           f"remove it by hand or choose another --out")
 
-
-def expand_runs(base: RunConfig, methods: list[str], benchmarks: list[str], seeds: list[int]) -> list[RunConfig]:
-    return [replace(base, benchmark=b, method=m, seed=s) for b in benchmarks for m in methods for s in seeds]

@@ -17,7 +17,7 @@ from .artifact import load_nws_task, read_nws_task, save_nws_task
 from .errors import ConfigError
 from .layers import nws_layers
 from .methods import METHODS
-from .models import build_arch, get_head, set_head
+from .models import build_arch, get_head, head_name, set_head
 from .nwsify import make_nws_layer, nwsify
 from .plugin import INITS, NWSPlugin, random_head
 from .pools import PoolSet
@@ -80,7 +80,7 @@ class NWS(TaskIncrementalStrategy):
         set_head(self.model, new)
 
     def _head_name(self) -> str:
-        return getattr(self.model, "head_attr", "fc")
+        return head_name(self.model)
 
     def skeleton(self, num_classes: int, pools: PoolSet | None = None) -> nn.Module:
         pools = pools or self.pools

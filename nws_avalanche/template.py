@@ -44,10 +44,6 @@ from .task_state import PerTaskEval, StrategyTaskState
 from .training import EpochLRSchedule, ProgressBar, build_optimizer
 
 
-class EmptyOptions:
-    pass
-
-
 @dataclass
 class TrainSettings:
     """What a method reads when it rebuilds its optimiser or heads at each task (not the run

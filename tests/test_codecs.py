@@ -1,4 +1,4 @@
-"""The entropy codecs (``rans``: constriction; ``rans16``: ours, the default): lossless on
+"""The entropy codec (``rans16``, the default): lossless on
 adversarial distributions, near the order-0 entropy, and artifacts rebuild bit-identically."""
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from nws_avalanche.artifact import load_nws_task, read_nws_task, save_nws_task
 from nws_avalanche import ans
-from nws_avalanche.codecs import CODECS, RANS, RANS16, BitPack, order0_entropy_bits
+from nws_avalanche.codecs import CODECS, DEFAULT_CODEC, RANS16, BitPack, order0_entropy_bits
 from nws_avalanche.layers import nws_layers
 from nws_avalanche.models import build_arch
 from nws_avalanche.nwsify import nwsify
@@ -27,7 +27,7 @@ CASES = {
     "K above 2^14": (RNG.integers(0, 20000, 3000), 20000),
     "lane tail, n % 4 = 3": (RNG.integers(0, 5, 4099), 5),
 }
-CODERS = {"rans": (RANS, 64), "rans16": (RANS16, 32 * ans.LANES)}  # class, final-state bits
+CODERS = {"rans16": (RANS16, 32 * ans.LANES)}  # class, final-state bits
 
 
 @pytest.fixture(params=list(CODERS))
@@ -64,9 +64,8 @@ def test_bad_streams_raise_value_error(coder):
     codec, _ = coder
     x, K = CASES["zipf, K=500"]
     data = codec.encode(x, K)
-    other = RANS16 if codec is RANS else RANS
     for bad in (data[:-3], data[:-4], data[:40], b"\x09" + data[1:], data + b"\0\0\0\0",
-                other.encode(x, K)):
+                b"\x03" + data[1:]):  # 3: the retired constriction coder's mode
         with pytest.raises(ValueError):
             codec.decode(bad, x.size, K)
     with pytest.raises(ValueError):
@@ -87,7 +86,7 @@ def test_artifact_round_trip_is_bit_identical(tmp_path):
     nwsify(model, tables, True)
     model.eval()
     paths = {}
-    for codec in ("bitpack", "rans", "rans16"):
+    for codec in ("bitpack", "rans16"):
         paths[codec] = save_nws_task(tmp_path / f"{codec}.nwst", model, task=0, arch="resnet-tiny", num_classes=4,
                                      pool_fingerprint=pools.fingerprint, pool_digest=pools.digest, codec=codec)
 
@@ -104,6 +103,5 @@ def test_artifact_round_trip_is_bit_identical(tmp_path):
         assert torch.equal(rebuilt(x), want), codec
         for name, m in nws_layers(rebuilt):  # the skipped random init left nothing behind
             assert torch.equal(m.weight, m.pool[m.indices].view_as(m.weight))
-    assert paths["rans"].stat().st_size < paths["bitpack"].stat().st_size
     assert paths["rans16"].stat().st_size < paths["bitpack"].stat().st_size
-    assert {"rans", "rans16"} <= set(CODECS.names())
+    assert set(CODECS.names()) == {"bitpack", "rans16"} and DEFAULT_CODEC == "rans16"

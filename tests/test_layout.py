@@ -137,3 +137,15 @@ def test_graph_sees_relative_and_lazy_imports():
 
 def test_no_import_cycle_between_modules():
     assert cycles(import_graph()) == []
+
+
+def test_one_default_for_the_index_codec():
+    import inspect
+
+    from nws_avalanche.artifact import save_nws_task
+    from nws_avalanche.codecs import DEFAULT_CODEC
+    from nws_avalanche.settings import PerfConfig
+    from nws_avalanche.strategy import NWSOptions
+
+    assert inspect.signature(save_nws_task).parameters["codec"].default == DEFAULT_CODEC
+    assert PerfConfig().codec == DEFAULT_CODEC == NWSOptions().codec
