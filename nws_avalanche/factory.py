@@ -1,9 +1,10 @@
 """The runner's strategy factory: one place where a run config becomes a strategy.
 
-``build_strategy(cfg, assets, task_classes)`` builds the pretrained network with task 0's
+``build_strategy(cfg, assets, task_classes, options=...)`` builds the pretrained network with task 0's
 head, its optimiser, and calls the registered method's constructor with plain arguments (the
 Avalanche way: ``Method(model, optimizer, criterion, train_mb_size=..., ..., options=...)``);
-strategies never see the run config.
+strategies never see the run config. ``options`` are the typed method options that
+``runner.resolve_run`` built; without them (a library caller) they are built here from ``cfg``.
 """
 from __future__ import annotations
 
@@ -15,10 +16,15 @@ from .template import pretrained_with_head
 from .training import build_optimizer
 
 
-def build_strategy(cfg, assets, task_classes: list[int], *, progress: bool | None = None, evaluator=None):
+_FROM_CFG = object()
+
+
+def build_strategy(cfg, assets, task_classes: list[int], *, options=_FROM_CFG, progress: bool | None = None,
+                   evaluator=None):
     load_all()
     cls = METHODS.get(cfg.method)
-    options = method_options(cfg, cfg.method, cls.Options) if cls.Options is not None else None
+    if options is _FROM_CFG:
+        options = method_options(cfg, cfg.method, cls.Options) if cls.Options is not None else None
     model = pretrained_with_head(assets, task_classes[0], cfg.seed, cfg.head_init)
     kw = dict(task_classes=list(task_classes), pretrained_state=assets.pretrained_state,
               in_channels=assets.in_channels, arch=cfg.arch, seed=cfg.seed, train_mb_size=cfg.batch_size,

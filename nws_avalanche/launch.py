@@ -82,7 +82,8 @@ class RunJob(_Checkpointable):
         spec = self.spec
         cbs = wandb_callbacks(spec.cfg, spec.run_dir(self.out), spec.sweep)
         result = run_single(spec.cfg, Path(self.out), overwrite=self.overwrite, progress=self.progress,
-                            callbacks=cbs, sweep=spec.sweep, verify=getattr(self, "verify", True))
+                            callbacks=cbs, sweep=spec.sweep, verify=getattr(self, "verify", True),
+                            **({"options": spec.options} if spec.resolved else {}))
         for cb in cbs:
             cb.finish(result)
         per_task = result["memory_mib"]["per_task"]

@@ -11,8 +11,8 @@ their size on disk.
 A rerun checks a finished run's artifacts against their digests and skips it, and resumes an
 unfinished one at its next task (``checkpoint.py``); files deleted as an error message advised are
 rebuilt from the last intact task (``recovery.py``). A folder holding another resolved config is
-refused unless ``overwrite``. Before any work the config is checked (``check_names``,
-``check_device``), ``out`` is probed for writing, and the run folder is locked (``runlock``): a
+refused unless ``overwrite``. Before any work the config is resolved once (``resolve_run``:
+names, ranges, the method's typed options) and checked (``check_device``), ``out`` is probed for writing, and the run folder is locked (``runlock``): a
 second run into the same folder stops with exit code 2.
 """
 from __future__ import annotations
@@ -56,8 +56,9 @@ def run_dir(out: Path, cfg: RunConfig, sweep: dict | None = None) -> Path:
     return (base / sweep_label(sweep) if sweep else base) / f"seed{cfg.seed}"
 
 
-def check_names(cfg: RunConfig) -> None:
-    """Every name and option of ``cfg`` (method, benchmark, architecture, their options), before any work."""
+def check_names(cfg: RunConfig) -> dict:
+    """Every name and option of ``cfg`` (method, benchmark, architecture, their options), before
+    any work; returns the typed options of every method given options, and of the run's method."""
     from benchmarks.base import check_benchmark_options
 
     from .config import method_options
@@ -66,6 +67,7 @@ def check_names(cfg: RunConfig) -> None:
 
     load_all()
     cls = METHODS.get(cfg.method)
+    built = {}
     check_benchmark_options(cfg)
     ARCHS.get(cfg.arch)
     wandb_mode(cfg)
@@ -77,11 +79,12 @@ def check_names(cfg: RunConfig) -> None:
             raise ConfigError(f"method_options.{name} must be a mapping of option: value")
         options_cls = getattr(METHODS.get(name), "Options", None)
         if options_cls is not None:  # every method's given options, not only this run's method's
-            method_options(cfg, name, options_cls)
+            built[name] = method_options(cfg, name, options_cls)
         elif opts:
             raise ConfigError(f"method {name!r} takes no options (got {', '.join(f'{name}.{k}' for k in opts)})")
-    if getattr(cls, "Options", None) is not None:
-        method_options(cfg, cfg.method, cls.Options)
+    if getattr(cls, "Options", None) is not None and cfg.method not in built:
+        built[cfg.method] = method_options(cfg, cfg.method, cls.Options)
+    return built
 
 
 def _identity(config: dict) -> dict:
@@ -111,35 +114,40 @@ def _notify(callbacks, t, acc, strategy, memory) -> None:
             cb(t, acc, strategy)
 
 
-def with_resolved_options(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with the run's method options filled in with their defaults, so that config.yaml
-    and results.json say exactly what ran (codec, search, init, prune ratio, ...)."""
+def resolve_run(cfg: RunConfig) -> tuple[RunConfig, object]:
+    """The one place a run's settings are resolved: ``cfg`` validated, every name and option
+    checked, and the run's method options built once, as the typed ``Options`` the strategy takes
+    and written back in full into the config, so that config.yaml and results.json say exactly
+    what ran (codec, search, init, prune ratio, ...) and rerunning from config.yaml reproduces it."""
     from dataclasses import asdict
 
-    from .config import method_options
+    cfg.validate()
+    options = check_names(cfg).get(cfg.method)
+    if options is not None:
+        cfg = replace(cfg, method_options={**cfg.method_options, cfg.method: asdict(options)})
+    return cfg, options
 
-    cls = METHODS.get(cfg.method)
-    if getattr(cls, "Options", None) is None:
-        return cfg
-    opts = asdict(method_options(cfg, cfg.method, cls.Options))
-    return replace(cfg, method_options={**cfg.method_options, cfg.method: opts})
+
+_UNRESOLVED = object()
 
 
 def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: bool | None = None,
-               callbacks=(), sweep: dict | None = None, verify: bool = True) -> dict:
+               callbacks=(), sweep: dict | None = None, verify: bool = True, *, options=_UNRESOLVED) -> dict:
     """Run (or resume, or skip when finished) one (benchmark, method, seed[, sweep point]).
-    ``verify``: check a finished run's artifacts against their recorded digests before skipping it."""
-    cfg.validate()
-    check_names(cfg)
+    ``verify``: check a finished run's artifacts against their recorded digests before skipping it.
+    ``options``: the typed method options when ``cfg`` already comes from ``resolve_run`` (the
+    command line's ``RunSpec``); otherwise ``cfg`` is resolved here."""
+    load_all()  # a job process starts with an empty method registry
+    if options is _UNRESOLVED:
+        cfg, options = resolve_run(cfg)
     check_device(cfg.device)  # here, on the machine that runs it
-    cfg = with_resolved_options(cfg)
     rdir = run_dir(out, cfg, sweep)
     check_writable(out)  # an unwritable or full --out stops before any work
     with run_folder_lock(rdir):  # a second run into the same folder stops here (exit 2)
-        return _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify)
+        return _run_locked(cfg, options, out, rdir, overwrite, progress, callbacks, sweep, verify)
 
 
-def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify) -> dict:
+def _run_locked(cfg, options, out, rdir, overwrite, progress, callbacks, sweep, verify) -> dict:
     results_path = rdir / "results.json"
     if not overwrite:
         _check_folder(rdir, cfg)
@@ -171,7 +179,8 @@ def _run_locked(cfg, out, rdir, overwrite, progress, callbacks, sweep, verify) -
     resumed_at = (read_status(rdir) or {}).get("next_task", 0) if (rdir / CHECKPOINT_NAME).is_file() else 0
     write_status(rdir, "running", resumed_at, T)
     try:
-        results = _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks, sweep)
+        results = _train(cfg, options, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks,
+                         sweep)
     except BaseException as e:
         try:
             write_status(rdir, "failed", (read_status(rdir) or {}).get("next_task", 0), T, error_tail(e))
@@ -193,13 +202,13 @@ def _read_results(path: Path) -> dict:
         raise ArtifactError(f"{path} is unreadable (truncated or corrupted); {fix}") from None
 
 
-def _train(cfg, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks, sweep) -> dict:
+def _train(cfg, options, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks, sweep) -> dict:
     if assets.pools is not None and not (art / "pools.nwsp").is_file():
         atomic_write_bytes(art / "pools.nwsp", Path(assets.pool_path).read_bytes())  # never half a copy; evaluation reads this copy
     seed_all(cfg.seed)
     task_classes = [t.num_classes for t in bench.tasks]
     evaluator = accuracy_evaluator(make_loggers(cfg.loggers, rdir, _wandb_run(callbacks))) if cfg.loggers else None
-    strategy = build_strategy(cfg, assets, task_classes, progress=progress, evaluator=evaluator)
+    strategy = build_strategy(cfg, assets, task_classes, options=options, progress=progress, evaluator=evaluator)
     scenario = to_avalanche(bench)
     T = len(bench.tasks)
     # Avalanche evaluates each task on the model rebuilt from the files the task wrote

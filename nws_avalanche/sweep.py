@@ -9,8 +9,9 @@ multiply that method's runs.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -20,9 +21,13 @@ from .errors import ConfigError
 
 @dataclass
 class RunSpec:
-    """One run: its resolved config and the sweep point it belongs to (``{}`` outside a sweep)."""
+    """One run: its resolved config (``runner.resolve_run``: the full tree), its typed method
+    options (None: the method takes none) and the sweep point (``{}`` outside a sweep).
+    ``resolved``: False for a spec made by hand; the runner then resolves ``cfg`` itself."""
     cfg: RunConfig
     sweep: dict = field(default_factory=dict)
+    options: Any = None
+    resolved: bool = False
 
     def run_dir(self, out: Path) -> Path:
         from .runner import run_dir
@@ -79,7 +84,10 @@ def _applies_to(key: str, method: str) -> bool:
 
 def expand_grid(configs: list[str], sets: list[str], methods: list[str], benchmarks: list[str],
                 seeds: list[int] | None, sweeps: list[str] = (), data_root: str | None = None) -> list[RunSpec]:
-    """Every (benchmark, method, sweep point, seed) as a resolved, validated ``RunSpec``."""
+    """Every (benchmark, method, sweep point, seed) as a ``RunSpec`` resolved once
+    (``runner.resolve_run``): config built once per grid point, every name and option checked."""
+    from .runner import resolve_run
+
     axes = parse_sweeps(list(sweeps))
     for key, _ in axes:
         if not any(_applies_to(key, m) for m in methods):
@@ -94,9 +102,8 @@ def expand_grid(configs: list[str], sets: list[str], methods: list[str], benchma
                 extra = [f"{k}={v}" for (k, _), v in zip(mine, values)]
                 base = build_config(configs, list(sets) + extra, data_root=data_root, benchmark=b, method=m)
                 for s in seeds or [base.seed]:
-                    cfg = build_config(configs, list(sets) + extra, data_root=data_root, benchmark=b, method=m,
-                                       seed=s).validate()
-                    spec = RunSpec(cfg, point)
+                    cfg, options = resolve_run(replace(base, seed=s))
+                    spec = RunSpec(cfg, point, options, resolved=True)
                     if spec.name not in seen:
                         seen.add(spec.name)
                         specs.append(spec)

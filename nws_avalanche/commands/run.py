@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..cli import command
 from ..atomic import check_writable
-from ..config import build_config, check_device
+from ..config import build_config, check_device, load_yaml
 from ..errors import ConfigError
 
 
@@ -16,7 +16,8 @@ def _csv(s: str | None) -> list[str]:
 
 def add_arguments(p):
     p.add_argument("--benchmark", default=None, help="benchmark name(s), comma-separated (default: split-digits)")
-    p.add_argument("--methods", default=None, help="method names, comma-separated (default: all registered)")
+    p.add_argument("--methods", default=None, help="method names, comma-separated (default: the config's "
+                   "method if it names one, e.g. a run folder's config.yaml; else all registered)")
     p.add_argument("--seeds", default=None, help="seeds, comma-separated (default: 0)")
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.add_argument("--config", action="append", default=[], help="YAML file or preset name (repeatable)")
@@ -37,20 +38,21 @@ def add_arguments(p):
 def main(args):
     from ..launch import SlurmOptions, launch, sbatch_script
     from ..methods import METHODS, load_all
-    from ..runner import check_names
     from ..sweep import expand_grid
 
     load_all()
-    methods = _csv(args.methods) or METHODS.names()
     base = build_config(args.config, args.set, data_root=args.data_root)
+    # a config that names its method (a run folder's config.yaml) runs that method, not all of them
+    named = any("method" in load_yaml(c) for c in args.config) or any(
+        s.split("=", 1)[0].strip() == "method" for s in args.set)
+    methods = _csv(args.methods) or ([base.method] if named else METHODS.names())
     benchmarks = _csv(args.benchmark) or [base.benchmark]
     try:
         seeds = [int(s) for s in _csv(args.seeds)] or None
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     specs = expand_grid(args.config, args.set, methods, benchmarks, seeds, args.sweep, data_root=args.data_root)
-    for spec in specs:  # every name and option checked before any job starts
-        check_names(spec.cfg)
+    for spec in specs:  # expand_grid resolved and checked every name and option; here the machine
         if args.launcher != "slurm":  # slurm jobs run on other machines; each checks its own device
             check_device(spec.cfg.device)
     out = Path(args.out)
