@@ -8,6 +8,8 @@ line's ``--help``/``status`` do not import torch, numba or Avalanche.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -28,3 +30,16 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_PUBLIC))
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule ``nws_avalanche.nwsify`` binds it as the package attribute
+    ``nwsify``; the public name is the function of that name, so the function is kept."""
+
+    def __setattr__(self, name, value):
+        if name == "nwsify" and isinstance(value, types.ModuleType):
+            value = value.nwsify
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

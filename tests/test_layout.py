@@ -149,3 +149,9 @@ def test_one_default_for_the_index_codec():
 
     assert inspect.signature(save_nws_task).parameters["codec"].default == DEFAULT_CODEC
     assert PerfConfig().codec == DEFAULT_CODEC == NWSOptions().codec
+
+
+def test_public_nwsify_is_the_function_whatever_loaded_first():
+    code = ("import sys\nimport nws_avalanche.plugin\nfrom nws_avalanche import nwsify\n"
+            "assert callable(nwsify) and nwsify is sys.modules['nws_avalanche.nwsify'].nwsify, nwsify\n")
+    _loaded_after(code)
