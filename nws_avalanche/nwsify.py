@@ -2,10 +2,11 @@
 
 Converted: every ``nn.Conv2d`` (any ``padding_mode``: reflect/circular/replicate pad explicitly,
 as ``nn.Conv2d`` does) and every ``nn.Linear`` (a 1x1 NWS conv, d = group size), the task
-head(s) included unless ``include_head=False``. The head is ``fc``, every classifier inside an Avalanche ``MultiHeadClassifier``/``IncrementalClassifier``,
-else the last ``nn.Linear``. Layers that cannot be searched faithfully (``Conv1d``, ``Conv3d``,
-transposed and lazy convs, ``nn.MultiheadAttention``'s projections, subclasses of Conv2d/Linear
-whose forward may differ) are refused with their name and the reason.
+head(s) included unless ``include_head=False``. The head is ``fc``, every classifier inside an
+Avalanche ``MultiHeadClassifier``/``IncrementalClassifier``, else the last ``nn.Linear``.
+Layers that cannot be searched faithfully (``Conv1d``, ``Conv3d``, transposed and lazy convs,
+``nn.MultiheadAttention``'s projections, subclasses of Conv2d/Linear whose forward may differ)
+are refused with their name and the reason.
 """
 from __future__ import annotations
 

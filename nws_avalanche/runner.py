@@ -12,8 +12,9 @@ A rerun checks a finished run's artifacts against their digests and skips it, an
 unfinished one at its next task (``checkpoint.py``); files deleted as an error message advised are
 rebuilt from the last intact task (``recovery.py``). A folder holding another resolved config is
 refused unless ``overwrite``. Before any work the config is resolved once (``resolve_run``:
-names, ranges, the method's typed options) and checked (``check_device``), ``out`` is probed for writing, and the run folder is locked (``runlock``): a
-second run into the same folder stops with exit code 2.
+names, ranges, the method's typed options), the device checked (``check_device``), ``out``
+probed for writing, and the run folder locked (``runlock``): a second run into the same folder
+stops with exit code 2.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ HEAVY = ("torch", "numba", "avalanche", "torchvision", "wandb", "submitit", "pan
 
 def _loaded_after(code: str) -> list[str]:
     """Top-level packages from HEAVY that ``code`` leaves in ``sys.modules`` (a fresh interpreter)."""
-    probe = code + f"\nimport sys, json\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})))"
+    probe = code + ("\nimport sys, json\n"
+                    f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(HEAVY)!r}))))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
