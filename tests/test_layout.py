@@ -156,3 +156,39 @@ def test_public_nwsify_is_the_function_whatever_loaded_first():
     code = ("import sys\nimport nws_avalanche.plugin\nfrom nws_avalanche import nwsify\n"
             "assert callable(nwsify) and nwsify is sys.modules['nws_avalanche.nwsify'].nwsify, nwsify\n")
     _loaded_after(code)
+
+
+def _closure(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, stack = set(), [start]
+    while stack:
+        for w in graph.get(stack.pop(), ()):
+            if w not in seen:
+                seen.add(w)
+                stack.append(w)
+    return seen
+
+
+# the method core: what a user's own Avalanche script imports
+CORE = ("layers", "search", "kernels", "nwsify", "pools", "plugin", "strategy", "avalanche_nws", "artifact",
+        "codecs", "container", "ans", "kmeans", "vq_ema", "grouping", "models", "archs", "resnet", "template",
+        "task_state", "training", "guard", "fastbuild")
+RUN_MACHINERY = ("config", "settings", "runner", "sweep", "launch", "cli", "commands", "factory", "checkpoint",
+                 "recovery", "runstatus", "runlock", "results", "wandb_log", "assets", "loggers")
+
+
+def test_method_core_never_imports_the_run_machinery_the_cli_or_the_config():
+    g = import_graph()
+    for name in CORE:
+        reached = _closure(g, f"nws_avalanche.{name}")
+        bad = sorted(m for m in reached if m.split(".")[0] in ("benchmarks", "reports")
+                     or (m.startswith("nws_avalanche.") and m.split(".")[1] in RUN_MACHINERY))
+        assert bad == [], (name, bad)
+
+
+def test_only_the_runner_and_the_cli_reach_out_to_benchmarks_and_reports():
+    """The package-level edges nws_avalanche -> benchmarks/reports (the reverse edges make the
+    remaining package-level cycle) come from the run machinery and the CLI only."""
+    g = import_graph()
+    out = {m for m, deps in g.items() if m.startswith("nws_avalanche.")
+           and any(d.split(".")[0] in ("benchmarks", "reports", "baselines") for d in deps)}
+    assert out and all(m.split(".")[1] in RUN_MACHINERY for m in out), sorted(out)
