@@ -40,11 +40,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nws_avalanche import paper_memory as paper
-from nws_avalanche.artifact import load_state_artifact, save_state_artifact
-from nws_avalanche.codecs import CODECS, DEFAULT_CODEC, decode_ints, encode_ints
+from nws_avalanche.codecs import CODECS, DEFAULT_CODEC
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, get_head, head_name, set_head
+from nws_avalanche.record import Ints, State, read_record, write_record
 from nws_avalanche.template import TaskIncrementalStrategy, state_copy
 
 from .surgery import layers_of, replace_layers
@@ -269,33 +269,27 @@ class AQD(TaskIncrementalStrategy):
     # -- storage ----------------------------------------------------------------------------
     def export_task(self, t, directory):
         K = 1 << self.opts.bits
-        layers, blobs = [], {}
+        skip = {f"{n}.weight" for n, _ in quant_layers(self.model)}
+        fields, layers = {"state": State({k: v for k, v in self.model.state_dict().items() if k not in skip})}, []
         for name, m in quant_layers(self.model):
             q = m.int_weight().cpu().numpy().reshape(-1).astype(np.int64)
-            blobs[f"q/{name}"] = encode_ints(q - m.w_range[0], K, self.opts.codec)
+            fields[f"q/{name}"] = Ints(q - m.w_range[0], K)
             layers.append({"name": name, "shape": list(m.weight.shape)})
-        skip = {f"{n}.weight" for n, _ in quant_layers(self.model)}
-        state = {k: v for k, v in self.model.state_dict().items() if k not in skip}
         path = self.task_file(directory, t, "aqd")
-        save_state_artifact(path, state, kind="aqd-task", task=t, extra_blobs=blobs,
-                            header={"arch": self.cfg.arch, "num_classes": self.task_classes[t], "bits": self.opts.bits,
-                                    "full_precision_first": self.opts.full_precision_first,
-                                    "full_precision_last": self.opts.full_precision_last, "layers": layers,
-                                    "weight_steps": self.opts.weight_steps, "codec": self.opts.codec})
+        write_record(path, "aqd-task", fields, task=t, codec=self.opts.codec,
+                     header={"arch": self.cfg.arch, "num_classes": self.task_classes[t], "bits": self.opts.bits,
+                             "full_precision_first": self.opts.full_precision_first,
+                             "full_precision_last": self.opts.full_precision_last, "layers": layers,
+                             "weight_steps": self.opts.weight_steps})
         return [path]
 
     def read_task(self, t, directory) -> tuple[dict, dict[str, torch.Tensor], dict[str, np.ndarray]]:
         """(header, float state, layer -> signed integer weights) of task ``t``."""
-        header, state, blobs = load_state_artifact(self.task_file(directory, t, "aqd"), "aqd-task")
-        ints = {}
-        for lay in header["layers"]:
-            n = int(np.prod(lay["shape"]))
-            try:  # files written before the shared codec bit-packed the integers
-                q = decode_ints(blobs[f"q/{lay['name']}"], n, 1 << header["bits"], header.get("codec", "bitpack"))
-            except (ValueError, KeyError) as e:
-                raise ArtifactError(f"task {t}: integer weights of {lay['name']!r} do not decode: {e}") from None
-            ints[lay["name"]] = q - (1 << (header["bits"] - 1))
-        return header, state, ints
+        rec = read_record(self.task_file(directory, t, "aqd"), "aqd-task")
+        bits = rec.header["bits"]
+        ints = {lay["name"]: rec.ints(f"q/{lay['name']}", int(np.prod(lay["shape"])), 1 << bits) - (1 << (bits - 1))
+                for lay in rec.header["layers"]}
+        return rec.header, rec.state, ints
 
     def rebuild_task(self, t, directory):
         header, state, ints = self.read_task(t, directory)

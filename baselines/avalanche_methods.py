@@ -53,10 +53,10 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.utils import ParamData, copy_params_dict
 
 from nws_avalanche import paper_memory as paper
-from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, get_head, head_name, set_head
+from nws_avalanche.record import State, read_record, write_record
 from nws_avalanche.task_state import PerTaskEval
 from nws_avalanche.template import TaskIncrementalStrategy
 
@@ -242,18 +242,17 @@ class AvalancheMethod(TaskIncrementalStrategy):
         """Rewrites the shared files; no file is task t's alone (its head is in the network file,
         which later tasks rewrite), so the list is empty."""
         directory = Path(directory)
-        save_state_artifact(directory / NETWORK_FILE, self.model.state_dict(), kind="cl-network", task=t,
-                            header={"arch": self.cfg.arch, "method": self.name,
-                                    "num_classes": self.task_classes[:t + 1]})
+        write_record(directory / NETWORK_FILE, "cl-network", State(self.model.state_dict()), task=t,
+                     header={"arch": self.cfg.arch, "method": self.name, "num_classes": self.task_classes[:t + 1]})
         state = self.method_state()
         if state:
-            save_state_artifact(self._state_path(directory), state, kind=f"{self.name}-state", task=t,
-                                header={"method": self.name})
+            write_record(self._state_path(directory), f"{self.name}-state", State(state), task=t,
+                         header={"method": self.name})
         return []
 
     def _read_network(self, directory) -> tuple[dict, dict[str, torch.Tensor]]:
-        header, state, _ = load_state_artifact(Path(directory) / NETWORK_FILE, "cl-network")
-        return header, state
+        rec = read_record(Path(directory) / NETWORK_FILE, "cl-network")
+        return rec.header, rec.state
 
     def rebuild_task(self, t, directory):
         header, state = self._read_network(directory)
@@ -277,7 +276,7 @@ class AvalancheMethod(TaskIncrementalStrategy):
         self.model.load_state_dict(state)
         self.model.to(self.device)
         path = self._state_path(directory)
-        self.load_method_state(load_state_artifact(path, f"{self.name}-state")[1] if path.is_file() else {})
+        self.load_method_state(read_record(path, f"{self.name}-state").state if path.is_file() else {})
         self.clock.train_exp_counter = t + 1  # what the plugins count past tasks with
 
     # -- the paper's accounting (nws_avalanche.paper_memory): a head per task, the rest shared ----
@@ -290,7 +289,7 @@ class AvalancheMethod(TaskIncrementalStrategy):
         total = paper.bn_and_rest_bytes({k: v for k, v in state.items() if k.startswith("backbone.")})
         path = self._state_path(directory)
         if path.is_file():
-            total += paper.torch_save_bytes(load_state_artifact(path, f"{self.name}-state")[1])
+            total += paper.torch_save_bytes(read_record(path, f"{self.name}-state").state)
         return total
 
     def assist_files(self, directory):

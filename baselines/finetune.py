@@ -5,9 +5,9 @@ Each task stores its whole network in fp32 (the reference point for memory).
 from __future__ import annotations
 
 from nws_avalanche import paper_memory as paper
-from nws_avalanche.artifact import load_state_artifact, save_state_artifact
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, set_head
+from nws_avalanche.record import State, read_record, write_record
 from nws_avalanche.template import TaskIncrementalStrategy
 
 
@@ -27,17 +27,16 @@ class Finetune(TaskIncrementalStrategy):
 
     def export_task(self, t, directory):
         path = self.task_file(directory, t, "dense")
-        save_state_artifact(path, self.model.state_dict(), kind="finetune-task", task=t,
-                            header={"arch": self.cfg.arch, "num_classes": self.task_classes[t]})
+        write_record(path, "finetune-task", State(self.model.state_dict()), task=t,
+                     header={"arch": self.cfg.arch, "num_classes": self.task_classes[t]})
         return [path]
 
     def rebuild_task(self, t, directory):
-        header, state, _ = load_state_artifact(self.task_file(directory, t, "dense"), "finetune-task")
-        model = build_arch(header["arch"], header["num_classes"], self.assets.in_channels)
-        model.load_state_dict(state)
+        rec = read_record(self.task_file(directory, t, "dense"), "finetune-task")
+        model = build_arch(rec.header["arch"], rec.header["num_classes"], self.assets.in_channels)
+        model.load_state_dict(rec.state)
         return model.eval()
 
     def paper_bytes(self, t, directory) -> int:
         """The whole network pickled (BatchNorm as modules, the rest as a state dict)."""
-        _, state, _ = load_state_artifact(self.task_file(directory, t, "dense"), "finetune-task")
-        return paper.bn_and_rest_bytes(state)
+        return paper.bn_and_rest_bytes(read_record(self.task_file(directory, t, "dense"), "finetune-task").state)

@@ -17,11 +17,10 @@ from pathlib import Path
 import torch.nn as nn
 
 from nws_avalanche import paper_memory as paper
-from nws_avalanche.artifact import load_state_artifact, save_state_artifact
-from nws_avalanche.container import pack_state, read_container, unpack_state, write_container
 from nws_avalanche.errors import ArtifactError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, head_name, set_head
+from nws_avalanche.record import State, read_record, write_record
 from nws_avalanche.template import TaskIncrementalStrategy
 
 from .surgery import bn_state
@@ -64,26 +63,23 @@ class Frozen(TaskIncrementalStrategy):
     def export_task(self, t, directory):
         own = self._task_keys()
         state = self.model.state_dict()
-        metas, blobs = pack_state({k: v for k, v in state.items() if k not in own})
-        write_container(Path(directory) / BACKBONE_FILE,
-                        {"kind": "frozen-backbone", "format": 1, "arch": self.cfg.arch, "state": metas}, blobs)
+        write_record(Path(directory) / BACKBONE_FILE, "frozen-backbone",
+                     State({k: v for k, v in state.items() if k not in own}, prefix=""), header={"arch": self.cfg.arch})
         path = self.task_file(directory, t, "frozen")
-        save_state_artifact(path, {k: v for k, v in state.items() if k in own}, kind="frozen-task", task=t,
-                            header={"arch": self.cfg.arch, "num_classes": self.task_classes[t]})
+        write_record(path, "frozen-task", State({k: v for k, v in state.items() if k in own}), task=t,
+                     header={"arch": self.cfg.arch, "num_classes": self.task_classes[t]})
         return [path]
 
     def _read_backbone(self, directory) -> dict:
-        bheader, bblobs = read_container(Path(directory) / BACKBONE_FILE)
-        if bheader.get("kind") != "frozen-backbone":
-            raise ArtifactError(f"{directory}/{BACKBONE_FILE}: not a frozen backbone (kind={bheader.get('kind')!r})")
-        return unpack_state(bheader["state"], bblobs)
+        return read_record(Path(directory) / BACKBONE_FILE, "frozen-backbone", state_prefix="").state
 
     def rebuild_task(self, t, directory):
         backbone = self._read_backbone(directory)
-        header, state, _ = load_state_artifact(self.task_file(directory, t, "frozen"), "frozen-task")
+        rec = read_record(self.task_file(directory, t, "frozen"), "frozen-task")
+        header = rec.header
         model: nn.Module = build_arch(header["arch"], header["num_classes"], self.assets.in_channels)
         try:
-            model.load_state_dict({**backbone, **state})
+            model.load_state_dict({**backbone, **rec.state})
         except RuntimeError as e:
             raise ArtifactError(f"task {t}: frozen artifact does not fit {header['arch']}: {e}") from None
         return model.eval()
@@ -94,8 +90,7 @@ class Frozen(TaskIncrementalStrategy):
     # -- the paper's accounting of the same content (memory_mib.paper) ---------------------------
     def paper_bytes(self, t, directory) -> int:
         """Pickled BatchNorm modules + the head as a state dict."""
-        _, state, _ = load_state_artifact(self.task_file(directory, t, "frozen"), "frozen-task")
-        return paper.bn_and_rest_bytes(state)
+        return paper.bn_and_rest_bytes(read_record(self.task_file(directory, t, "frozen"), "frozen-task").state)
 
     def paper_assist_bytes(self, directory) -> int:
         return paper.float_state_bytes(self._read_backbone(directory))

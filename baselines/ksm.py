@@ -42,12 +42,11 @@ import torch
 import torch.nn as nn
 
 from nws_avalanche import paper_memory as paper
-from nws_avalanche.artifact import load_state_artifact, save_state_artifact
-from nws_avalanche.codecs import CODECS, DEFAULT_CODEC, decode_ints, encode_ints
-from nws_avalanche.container import pack_state, read_container, unpack_state, write_container
+from nws_avalanche.codecs import CODECS, DEFAULT_CODEC
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, set_head
+from nws_avalanche.record import F32, Ints, State, read_record, write_record
 from nws_avalanche.template import TaskIncrementalStrategy, state_copy
 from nws_avalanche.training import build_optimizer
 
@@ -188,53 +187,40 @@ class KSM(TaskIncrementalStrategy):
         # Frozen, so every task writes the same bytes: one file, counted once.
         weights = {f"{n}.{k}": v for n, m in self.mask_layers()
                    for k, v in (("weight", m.weight), ("bias", m.bias)) if v is not None}
-        metas, blobs = pack_state(weights)
-        return write_container(path, {"kind": "ksm-backbone", "format": 1, "arch": self.cfg.arch, "state": metas},
-                               blobs)
+        return write_record(path, "ksm-backbone", State(weights, prefix=""), header={"arch": self.cfg.arch})
 
     def export_task(self, t, directory):
         self._write_backbone(directory)
-        masks, layers = {}, []
+        mask_keys = {f"{n}.{leaf}" for n, _ in self.mask_layers() for leaf in ("weight", "bias", "mask_real")}
+        fields, layers = {"state": State({k: v for k, v in self.model.state_dict().items() if k not in mask_keys})}, []
         with torch.no_grad():
             for name, m in self.mask_layers():
                 kept = m.kept()
                 mult = kernel_multiplier(m.mask_real.detach(), self.opts, training=False)
-                masks[f"bin/{name}"] = encode_ints(kept.cpu().numpy().astype(np.int64), 2, self.opts.codec)
-                masks[f"soft/{name}"] = mult[~kept].cpu().numpy().astype("<f4").tobytes()
+                fields[f"bin/{name}"] = Ints(kept.cpu().numpy(), 2)
+                fields[f"soft/{name}"] = F32(mult[~kept])
                 layers.append({"name": name, "shape": list(m.mask_real.shape)})
-        mask_keys = {f"{n}.{leaf}" for n, _ in self.mask_layers() for leaf in ("weight", "bias", "mask_real")}
-        state = {k: v for k, v in self.model.state_dict().items() if k not in mask_keys}
         path = self.task_file(directory, t, "ksm")
-        save_state_artifact(path, state, kind="ksm-task", task=t, extra_blobs=masks,
-                            header={"arch": self.cfg.arch, "num_classes": self.task_classes[t], "layers": layers,
-                                    "codec": self.opts.codec})
+        write_record(path, "ksm-task", fields, task=t, codec=self.opts.codec,
+                     header={"arch": self.cfg.arch, "num_classes": self.task_classes[t], "layers": layers})
         return [path]
 
     def _read_backbone(self, directory) -> dict[str, torch.Tensor]:
-        bheader, bblobs = read_container(Path(directory) / BACKBONE_FILE)
-        if bheader.get("kind") != "ksm-backbone":
-            raise ArtifactError(f"{directory}/{BACKBONE_FILE}: not a KSM backbone (kind={bheader.get('kind')!r})")
-        return unpack_state(bheader["state"], bblobs)
+        return read_record(Path(directory) / BACKBONE_FILE, "ksm-backbone", state_prefix="").state
 
     def read_task(self, t, directory) -> tuple[dict, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """(header, float state, layer -> (kept: bool per kernel, multiplier per kernel)) of task ``t``."""
-        header, state, blobs = load_state_artifact(self.task_file(directory, t, "ksm"), "ksm-task")
+        rec = read_record(self.task_file(directory, t, "ksm"), "ksm-task")
         masks = {}
-        for layer in header["layers"]:
+        for layer in rec.header["layers"]:
             name, shape = layer["name"], layer["shape"]
             n = shape[0] * shape[1]
-            try:
-                kept = decode_ints(blobs[f"bin/{name}"], n, 2, header["codec"]).astype(bool)
-            except (ValueError, KeyError) as e:
-                raise ArtifactError(f"task {t}: binary mask of {name!r} does not decode: {e}") from None
-            soft = np.frombuffer(blobs[f"soft/{name}"], dtype="<f4")
-            if soft.size != int((~kept).sum()):
-                raise ArtifactError(f"task {t}: {name!r} stores {soft.size} dropped-kernel multipliers, "
-                                    f"its mask drops {int((~kept).sum())}")
+            kept = rec.ints(f"bin/{name}", n, 2).astype(bool)
+            soft = rec.f32(f"soft/{name}", int((~kept).sum()))
             mult = np.ones(n, dtype=np.float32)
             mult[~kept] = soft
             masks[name] = (torch.from_numpy(kept).view(shape), torch.from_numpy(mult).view(shape))
-        return header, state, masks
+        return rec.header, rec.state, masks
 
     def rebuild_task(self, t, directory):
         backbone = self._read_backbone(directory)

@@ -41,12 +41,11 @@ import torch
 import torch.nn as nn
 
 from nws_avalanche import paper_memory as paper
-from nws_avalanche.artifact import load_state_artifact, save_state_artifact
-from nws_avalanche.codecs import CODECS, DEFAULT_CODEC, decode_ints, encode_ints
-from nws_avalanche.container import read_container, write_container
+from nws_avalanche.codecs import CODECS, DEFAULT_CODEC
 from nws_avalanche.errors import ArtifactError, ConfigError
 from nws_avalanche.methods import METHODS
 from nws_avalanche.models import build_arch, get_head, set_head
+from nws_avalanche.record import F32, Ints, State, read_record, write_record
 from nws_avalanche.template import TaskIncrementalStrategy, state_copy
 from nws_avalanche.training import EpochLRSchedule, build_optimizer
 
@@ -200,45 +199,43 @@ class PackNet(TaskIncrementalStrategy):
     # -- storage ----------------------------------------------------------------------------
     def _write_backbone(self, directory: Path) -> Path:
         K = len(self.task_classes) + 1
-        layers, blobs = [], {}
+        layers, fields = [], {}
         for name, m in self.owned_layers():
-            w = m.weight.detach().cpu().contiguous()
-            layers.append({"name": name, "shape": list(w.shape)})
-            blobs[f"w/{name}"] = w.numpy().astype("<f4").tobytes()
-            blobs[f"own/{name}"] = encode_ints(m.owner.cpu().numpy().astype(np.int64), K, self.opts.codec)
-        header = {"kind": "packnet-backbone", "format": 1, "tasks": len(self.task_classes),
-                  "codec": self.opts.codec, "arch": self.cfg.arch, "layers": layers}
-        return write_container(Path(directory) / BACKBONE_FILE, header, blobs)
+            layers.append({"name": name, "shape": list(m.weight.shape)})
+            fields[f"w/{name}"] = F32(m.weight)
+            fields[f"own/{name}"] = Ints(m.owner.cpu().numpy(), K)
+        return write_record(Path(directory) / BACKBONE_FILE, "packnet-backbone", fields, codec=self.opts.codec,
+                            header={"tasks": len(self.task_classes), "arch": self.cfg.arch, "layers": layers})
 
     def export_task(self, t, directory):
         self._write_backbone(directory)
         conv_keys = {f"{n}.{leaf}" for n, _ in self.owned_layers() for leaf in ("weight", "owner")}
         state = {k: v for k, v in self.model.state_dict().items() if k not in conv_keys}
         path = self.task_file(directory, t, "packnet")
-        save_state_artifact(path, state, kind="packnet-task", task=t,
-                            header={"arch": self.cfg.arch, "num_classes": self.task_classes[t], "owner": t + 1})
+        write_record(path, "packnet-task", State(state), task=t,
+                     header={"arch": self.cfg.arch, "num_classes": self.task_classes[t], "owner": t + 1})
         return [path]
 
     def read_backbone(self, directory) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """layer -> (fp32 weights, owner ids) as stored in ``packnet.backbone``."""
-        header, blobs = read_container(Path(directory) / BACKBONE_FILE)
-        if header.get("kind") != "packnet-backbone":
-            raise ArtifactError(f"{directory}/{BACKBONE_FILE}: not a PackNet backbone (kind={header.get('kind')!r})")
-        K = header["tasks"] + 1
+        rec = read_record(Path(directory) / BACKBONE_FILE, "packnet-backbone")
+        K = rec.header["tasks"] + 1
         out = {}
-        for layer in header["layers"]:
-            n = int(np.prod(layer["shape"]))
-            w = torch.from_numpy(np.frombuffer(blobs[f"w/{layer['name']}"], dtype="<f4").copy())
-            try:  # files written before the shared codec bit-packed the owners
-                own = decode_ints(blobs[f"own/{layer['name']}"], n, K, header.get("codec", "bitpack"))
-            except ValueError as e:
-                raise ArtifactError(f"{BACKBONE_FILE}: owners of {layer['name']!r} do not decode: {e}") from None
-            out[layer["name"]] = (w.view(layer["shape"]), torch.from_numpy(own.astype(np.uint8)).view(layer["shape"]))
+        for layer in rec.header["layers"]:
+            name, shape = layer["name"], layer["shape"]
+            n = int(np.prod(shape))
+            w = torch.from_numpy(rec.f32(f"w/{name}", n))
+            own = rec.ints(f"own/{name}", n, K)
+            out[name] = (w.view(shape), torch.from_numpy(own.astype(np.uint8)).view(shape))
         return out
+
+    def read_task(self, t, directory):
+        return read_record(self.task_file(directory, t, "packnet"), "packnet-task")
 
     def rebuild_task(self, t, directory):
         backbone = self.read_backbone(directory)
-        theader, state, _ = load_state_artifact(self.task_file(directory, t, "packnet"), "packnet-task")
+        rec = self.read_task(t, directory)
+        theader, state = rec.header, rec.state
         model = build_arch(theader["arch"], theader["num_classes"], self.assets.in_channels)
         with torch.no_grad():
             for name, (w, own) in backbone.items():
@@ -255,8 +252,7 @@ class PackNet(TaskIncrementalStrategy):
         # the state after task t exactly. The next task carries over task t's BatchNorm (chained, as
         # CPG does) and head: both come from task t's own file.
         set_head(self.model, get_head(self.rebuild_task(t, directory)).to(self.device))
-        _, state, _ = load_state_artifact(self.task_file(directory, t, "packnet"), "packnet-task")
-        self.model.load_state_dict(bn_state(state, self.model), strict=False)
+        self.model.load_state_dict(bn_state(self.read_task(t, directory).state, self.model), strict=False)
         with torch.no_grad():
             for name, (w, own) in self.read_backbone(directory).items():
                 kept = (own > 0) & (own <= t + 1)
@@ -282,8 +278,7 @@ class PackNet(TaskIncrementalStrategy):
     # -- the paper's accounting (nws_avalanche.paper_memory) -----------------------------------
     def paper_bytes(self, t, directory) -> int:
         """CPG's ``shared_layer_info`` entry of the task: its BatchNorm, biases and head, pickled."""
-        _, state, _ = load_state_artifact(self.task_file(directory, t, "packnet"), "packnet-task")
-        return paper.bn_and_rest_bytes(state)
+        return paper.bn_and_rest_bytes(self.read_task(t, directory).state)
 
     def paper_assist_bytes(self, directory) -> int:
         """CPG's ``masks`` (one uint8 owner id per weight) + the backbone state dict, pickled."""

@@ -3,8 +3,8 @@
 One file per task: for every NWS layer the chosen pool indices, coded losslessly (the codec is
 named in the header, default ``codecs.DEFAULT_CODEC``), plus every other entry of the
 task's state_dict (BatchNorm parameters and statistics, biases, non-NWS layers). The header
-holds the format version, the architecture, the pool fingerprint and digest; the container
-adds a checksum. Pools are not in it: they are the run's shared "assist" file.
+holds the format version, the architecture, the pool fingerprint and digest; the record
+(``record.py``) adds the checksum. Pools are not in it: they are the run's shared "assist" file.
 """
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .codecs import DEFAULT_CODEC, get_codec
-from .container import pack_state, read_container, unpack_state, write_container
+from .codecs import DEFAULT_CODEC
 from .errors import ArtifactError
 from .fastbuild import skip_weight_init
 from .layers import nws_layers
 from .models import get_head
-
-TASK_FORMAT = 1
+from .record import Ints, State, read_record, write_record
 
 
 def _nws_owned_keys(model: nn.Module) -> set[str]:
@@ -39,38 +37,24 @@ def save_nws_task(path, model: nn.Module, *, task: int, arch: str, num_classes: 
     """Write task ``task``'s artifact from ``model`` (its NWS layers' current indices, coded with
     ``codec``, and every other state_dict entry); ``pool_fingerprint``/``pool_digest`` come from
     the ``PoolSet`` (``pools.fingerprint``, ``pools.digest``) and tie the file to those pools."""
-    coder = get_codec(codec)
-    blobs, layers = {}, []
+    fields, layers = {}, []
     for name, m in nws_layers(model):
         idx = m.indices.detach().cpu().numpy()
-        blobs[f"idx/{name}"] = coder.encode(idx, m.pool_size)
+        fields[f"idx/{name}"] = Ints(idx, m.pool_size)
         layers.append({"name": name, "n": int(idx.size), "K": m.pool_size})
     owned = _nws_owned_keys(model)
-    rest = {k: v for k, v in model.state_dict().items() if k not in owned}
-    metas, sblobs = pack_state(rest, prefix="state/")
-    blobs.update(sblobs)
-    header = {"kind": "nws-task", "format": TASK_FORMAT, "task": task, "arch": arch,
-              "num_classes": num_classes, "pool_fingerprint": pool_fingerprint,
-              "pool_digest": pool_digest, "codec": codec, "layers": layers, "state": metas,
-              **(extra or {})}
-    return write_container(path, header, blobs)
+    fields["state"] = State({k: v for k, v in model.state_dict().items() if k not in owned})
+    return write_record(path, "nws-task", fields, task=task, codec=codec,
+                        header={"arch": arch, "num_classes": num_classes, "pool_fingerprint": pool_fingerprint,
+                                "pool_digest": pool_digest, "layers": layers, **(extra or {})})
 
 
 def read_nws_task(path) -> tuple[dict, dict[str, np.ndarray], dict[str, torch.Tensor]]:
     """(header, decoded indices per layer, the other state entries) of a task artifact."""
-    header, blobs = read_container(path)
-    if header.get("kind") != "nws-task":
-        raise ArtifactError(f"{path}: not an NWS task artifact (kind={header.get('kind')!r})")
-    if header.get("format") != TASK_FORMAT:
-        raise ArtifactError(f"{path}: task format {header.get('format')} unsupported (expected {TASK_FORMAT})")
-    coder = get_codec(header["codec"])
-    indices = {}
-    for layer in header["layers"]:
-        try:
-            indices[layer["name"]] = coder.decode(blobs[f"idx/{layer['name']}"], layer["n"], layer["K"])
-        except ValueError as e:
-            raise ArtifactError(f"{path}: indices of layer {layer['name']!r} do not decode: {e}") from None
-    return header, indices, unpack_state(header["state"], blobs, "state/")
+    rec = read_record(path, "nws-task")
+    indices = {layer["name"]: rec.ints(f"idx/{layer['name']}", layer["n"], layer["K"])
+               for layer in rec.header["layers"]}
+    return rec.header, indices, rec.state
 
 
 def load_nws_task(path, build: Callable[[int], nn.Module], pool_fingerprint: str, pool_digest: str,
@@ -109,21 +93,3 @@ def load_nws_task(path, build: Callable[[int], nn.Module], pool_fingerprint: str
                             f"build the skeleton with every module the task had (e.g. all its heads)")
     model.load_state_dict(state, strict=False)
     return model.eval()
-
-
-# -- dense artifacts: a whole state_dict (Finetune, and baselines' float parts) ---------------
-def save_state_artifact(path, state: dict[str, torch.Tensor], *, kind: str, task: int,
-                        header: dict | None = None, extra_blobs: dict[str, bytes] | None = None) -> Path:
-    metas, blobs = pack_state(state, prefix="state/")
-    blobs.update(extra_blobs or {})
-    return write_container(path, {"kind": kind, "format": TASK_FORMAT, "task": task, "state": metas,
-                                  **(header or {})}, blobs)
-
-
-def load_state_artifact(path, kind: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, bytes]]:
-    header, blobs = read_container(path)
-    if header.get("kind") != kind:
-        raise ArtifactError(f"{path}: expected a {kind!r} artifact, found {header.get('kind')!r}")
-    if header.get("format") != TASK_FORMAT:
-        raise ArtifactError(f"{path}: format {header.get('format')} unsupported (expected {TASK_FORMAT})")
-    return header, unpack_state(header["state"], blobs, "state/"), blobs

@@ -12,9 +12,9 @@ import numpy as np
 
 from baselines.aqd import AQDOptions, QuantConv2d, QuantMixin, quant_layers
 from tests.baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
-from nws_avalanche.artifact import load_state_artifact
 from nws_avalanche.codecs import decode_ints
 from nws_avalanche.errors import ConfigError
+from nws_avalanche.record import read_record
 
 T = 2
 
@@ -74,7 +74,8 @@ def test_round_trip_bit_identical(trained):
         rebuilt = strat.rebuild_task(t, art)
         assert torch.equal(logits(rebuilt, bench, t), out[t])
     assert type(rebuilt.conv1) is nn.Conv2d and type(rebuilt.fc) is nn.Linear  # first and last in fp32
-    header, state, blobs = load_state_artifact(art / f"task{T - 1:03d}.aqd", "aqd-task")
+    rec = read_record(art / f"task{T - 1:03d}.aqd", "aqd-task")
+    header, state, blobs = rec.header, rec.state, rec.blobs
     assert header["codec"] == "rans16"
     layers = dict(quant_layers(strat.model))
     for layer in header["layers"]:

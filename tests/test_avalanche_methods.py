@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from baselines.avalanche_methods import MultiHeadNet, NETWORK_FILE
-from nws_avalanche.artifact import load_state_artifact
 from nws_avalanche.errors import ArtifactError
 from nws_avalanche.cli import main as cli
+from nws_avalanche.record import read_record
 from tests.baseline_kit import assert_memory_is_files, logits, tiny_bench, tiny_strategy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -142,7 +142,7 @@ def test_replay_buffer_holds_real_samples_balanced_and_is_the_state_file(tmp_pat
     for t, exp in enumerate(scenario.train_stream):
         strategy.train(exp)
         strategy.export_task(t, tmp_path)
-    _, state, _ = load_state_artifact(tmp_path / "method-state.replay", "replay-state")
+    state = read_record(tmp_path / "method-state.replay", "replay-state").state
     for t in range(3):  # 30 samples over 3 tasks: 10 each, each one of that task's training samples
         x, y = state[f"x/{t}"], state[f"y/{t}"]
         assert len(x) == len(y) == 10
@@ -196,8 +196,8 @@ def test_three_methods_through_the_runner_with_report(tmp_path):
         assert res["memory_mib"]["files"]["assist"] == ["network.dense", f"method-state.{method}"]
         assert res["memory_mib"]["files"]["per_task"] == [[], []]
         assert f"| {method}" in report and (out / "report" / f"accuracy_matrix_split-digits_{method}.png").is_file()
-    _, buf, _ = load_state_artifact(out / "split-digits" / "replay" / "seed0" / "artifacts" / "method-state.replay",
-                                    "replay-state")
+    buf = read_record(out / "split-digits" / "replay" / "seed0" / "artifacts" / "method-state.replay",
+                      "replay-state").state
     assert [len(buf["y/0"]), len(buf["y/1"])] == [20, 20]
 
 

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 from baselines.ksm import BACKBONE_FILE, KSMConv2d, KSMOptions
 from benchmarks import build_benchmark, to_avalanche
-from nws_avalanche.artifact import load_state_artifact
 from nws_avalanche.assets import Assets
 from nws_avalanche.codecs import decode_ints
 from nws_avalanche.config import build_config
 from nws_avalanche.factory import build_strategy
 from nws_avalanche.methods import load_all
+from nws_avalanche.record import read_record
 from nws_avalanche.models import build_arch
 from tests.baseline_kit import ARCH, assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
 
@@ -102,7 +102,8 @@ def test_masks_flip_within_a_few_hundred_steps(digits_run):
 def test_rebuilt_logits_bit_identical_and_store_what_rebuild_needs(digits_run):
     strat, bench, art, seen = digits_run
     assert torch.equal(logits(strat.rebuild_task(T - 1, art), bench, T - 1), seen["logits"][-1])
-    header, state, blobs = load_state_artifact(art / f"task{T - 1:03d}.ksm", "ksm-task")
+    rec = read_record(art / f"task{T - 1:03d}.ksm", "ksm-task")
+    header, state, blobs = rec.header, rec.state, rec.blobs
     assert header["codec"] == "rans16"
     layers = dict(strat.mask_layers())
     for layer in header["layers"]:
