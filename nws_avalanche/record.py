@@ -3,7 +3,7 @@ reader do the rest (container with checksum, format version, codec, clear errors
 
 A record is the checksummed container (``container.py``) holding an ordered set of fields:
 
-- ``State(tensors)``: a flat tensor dict, raw little-endian, described under the header's
+- ``State(tensors)`` (one at most): a flat tensor dict, raw little-endian, described under the header's
   ``"state"`` (dtype, shape) and stored as blobs ``<prefix><key>`` (prefix ``"state/"``);
 - ``Ints(values, alphabet)``: integers in ``[0, alphabet)``, coded losslessly with the record's
   codec (``codecs.encode_ints``; the header names the codec);
@@ -63,6 +63,8 @@ def write_record(path, kind: str, fields: dict[str, State | Ints | F32] | State,
     blobs: dict[str, bytes] = {}
     for name, field in fields.items():
         if isinstance(field, State):
+            if "state" in head:
+                raise ValueError(f"{kind} record: one State field at most (second: {name!r})")
             head["state"], sblobs = pack_state(field.tensors, prefix=field.prefix)
             blobs.update(sblobs)
         elif isinstance(field, Ints):
@@ -121,11 +123,3 @@ def read_record(path, kind: str, *, state_prefix: str = STATE_PREFIX) -> Record:
         raise ArtifactError(f"{path}: format {header.get('format')} unsupported (expected {RECORD_FORMAT})")
     return Record(path, header, blobs, state_prefix)
 
-
-def check_state_keys(path, have: set[str], need: set[str]) -> None:
-    """ArtifactError naming the file when the stored state entries ``have`` are not ``need``."""
-    missing, unexpected = need - have, have - need
-    if missing:
-        raise ArtifactError(f"{path}: missing state entries {sorted(missing)[:5]}")
-    if unexpected:
-        raise ArtifactError(f"{path}: the file holds state entries the model lacks: {sorted(unexpected)[:5]}")

@@ -61,6 +61,8 @@ def test_errors_name_the_file_and_the_field(tmp_path):
         rec.ints("w/conv", 35, 37)  # floats are not a rANS stream of 35 symbols
     with pytest.raises(ValueError, match="needs a codec"):
         write_record(tmp_path / "s", "demo", fields)
+    with pytest.raises(ValueError, match="one State field at most"):
+        write_record(tmp_path / "s", "demo", {"a": State({}), "b": State({})})
     assert not (tmp_path / "s").exists()
     data = bytearray(path.read_bytes())
     data[-40] ^= 1
