@@ -1,2 +1,8 @@
-"""Baselines, each one file registering itself in ``nws_avalanche.methods.METHODS``."""
-from . import aqd, avalanche_methods, finetune, frozen, ksm, packnet  # noqa: F401
+"""Baselines, each one file registering itself in ``nws_avalanche.methods.METHODS``.
+
+Every module here is imported, so adding a method is adding its file."""
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
