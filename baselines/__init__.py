@@ -1,4 +1,4 @@
-"""Baselines, each one file registering itself in ``nws_avalanche.methods.METHODS``.
+"""Baselines, each one file registering itself in ``nws_avalanche.strategies.methods.METHODS``.
 
 Every module here is imported, so adding a method is adding its file."""
 import importlib

@@ -39,13 +39,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nws_avalanche import paper_memory as paper
-from nws_avalanche.codecs import CODECS, DEFAULT_CODEC
-from nws_avalanche.errors import ArtifactError, ConfigError
-from nws_avalanche.methods import METHODS
-from nws_avalanche.models import build_arch, get_head, head_name, set_head
-from nws_avalanche.record import Ints, State, read_record, write_record
-from nws_avalanche.template import TaskIncrementalStrategy, state_copy
+from nws_avalanche.common.errors import ArtifactError, ConfigError
+from nws_avalanche.nets.models import build_arch, get_head, head_name, set_head
+from nws_avalanche.storage import paper_memory as paper
+from nws_avalanche.storage.codecs import CODECS, DEFAULT_CODEC
+from nws_avalanche.storage.record import Ints, State, read_record, write_record
+from nws_avalanche.strategies.methods import METHODS
+from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy, state_copy
 
 from .surgery import layers_of, replace_layers
 
@@ -61,7 +61,7 @@ class AQDOptions:
     weight_steps: str = "channel"      # channel (reference default) | layer: one weight step per output channel or layer
     warmup_batches: int = 20           # full-precision batches whose ranges set the steps (reference: --stable 20)
     grad_scale: str = "none"           # none (reference default): the clip Qp*s learned unscaled | lsq: x 1/sqrt(n Qp)
-    codec: str = DEFAULT_CODEC         # how the integer weights are stored (nws_avalanche.codecs)
+    codec: str = DEFAULT_CODEC         # how the integer weights are stored (nws_avalanche.storage.codecs)
 
     def __post_init__(self):  # checked by the runner before anything is written
         if not 2 <= self.bits <= 16:
@@ -313,7 +313,7 @@ class AQD(TaskIncrementalStrategy):
             raise ArtifactError(f"task {t}: AQD artifact lacks state entries {sorted(missing)[:5]}")
         return model.eval()
 
-    # -- the paper's accounting (nws_avalanche.paper_memory) -----------------------------------
+    # -- the paper's accounting (nws_avalanche.storage.paper_memory) -----------------------------------
     def paper_bytes(self, t, directory) -> int:
         """The integer weights as int16 + LZMA (as the NWS authors store codes) + the float state pickled."""
         _, state, ints = self.read_task(t, directory)

@@ -52,13 +52,13 @@ from avalanche.training.plugins import (AGEMPlugin, EWCPlugin, GEMPlugin, LwFPlu
 from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.utils import ParamData, copy_params_dict
 
-from nws_avalanche import paper_memory as paper
-from nws_avalanche.errors import ArtifactError, ConfigError
-from nws_avalanche.methods import METHODS
-from nws_avalanche.models import build_arch, get_head, head_name, set_head
-from nws_avalanche.record import State, read_record, write_record
-from nws_avalanche.task_state import PerTaskEval
-from nws_avalanche.template import TaskIncrementalStrategy
+from nws_avalanche.common.errors import ArtifactError, ConfigError
+from nws_avalanche.method.task_state import PerTaskEval
+from nws_avalanche.nets.models import build_arch, get_head, head_name, set_head
+from nws_avalanche.storage import paper_memory as paper
+from nws_avalanche.storage.record import State, read_record, write_record
+from nws_avalanche.strategies.methods import METHODS
+from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy
 
 NETWORK_FILE = "network.dense"
 
@@ -279,7 +279,7 @@ class AvalancheMethod(TaskIncrementalStrategy):
         self.load_method_state(read_record(path, f"{self.name}-state").state if path.is_file() else {})
         self.clock.train_exp_counter = t + 1  # what the plugins count past tasks with
 
-    # -- the paper's accounting (nws_avalanche.paper_memory): a head per task, the rest shared ----
+    # -- the paper's accounting (nws_avalanche.storage.paper_memory): a head per task, the rest shared ----
     def paper_bytes(self, t, directory) -> int:
         _, state = self._read_network(directory)
         return paper.torch_save_bytes({"weight": state[f"heads.{t}.weight"]})

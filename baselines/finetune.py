@@ -4,11 +4,11 @@ Each task stores its whole network in fp32 (the reference point for memory).
 """
 from __future__ import annotations
 
-from nws_avalanche import paper_memory as paper
-from nws_avalanche.methods import METHODS
-from nws_avalanche.models import build_arch, set_head
-from nws_avalanche.record import State, read_record, write_record
-from nws_avalanche.template import TaskIncrementalStrategy
+from nws_avalanche.nets.models import build_arch, set_head
+from nws_avalanche.storage import paper_memory as paper
+from nws_avalanche.storage.record import State, read_record, write_record
+from nws_avalanche.strategies.methods import METHODS
+from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy
 
 
 @METHODS.register("finetune")

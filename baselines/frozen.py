@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from nws_avalanche import paper_memory as paper
-from nws_avalanche.errors import ArtifactError
-from nws_avalanche.methods import METHODS
-from nws_avalanche.models import build_arch, head_name, set_head
-from nws_avalanche.record import State, read_record, write_record
-from nws_avalanche.template import TaskIncrementalStrategy
+from nws_avalanche.common.errors import ArtifactError
+from nws_avalanche.nets.models import build_arch, head_name, set_head
+from nws_avalanche.storage import paper_memory as paper
+from nws_avalanche.storage.record import State, read_record, write_record
+from nws_avalanche.strategies.methods import METHODS
+from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy
 
 from .surgery import bn_state
 

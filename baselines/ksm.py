@@ -41,14 +41,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from nws_avalanche import paper_memory as paper
-from nws_avalanche.codecs import CODECS, DEFAULT_CODEC
-from nws_avalanche.errors import ArtifactError, ConfigError
-from nws_avalanche.methods import METHODS
-from nws_avalanche.models import build_arch, set_head
-from nws_avalanche.record import F32, Ints, State, read_record, write_record
-from nws_avalanche.template import TaskIncrementalStrategy, state_copy
-from nws_avalanche.training import build_optimizer
+from nws_avalanche.common.errors import ArtifactError, ConfigError
+from nws_avalanche.nets.models import build_arch, set_head
+from nws_avalanche.storage import paper_memory as paper
+from nws_avalanche.storage.codecs import CODECS, DEFAULT_CODEC
+from nws_avalanche.storage.record import F32, Ints, State, read_record, write_record
+from nws_avalanche.strategies.methods import METHODS
+from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy, state_copy
+from nws_avalanche.strategies.training import build_optimizer
 
 from .chained_optim import ChainedOptimizer
 from .surgery import bn_state, layers_of, replace_layers
@@ -64,7 +64,7 @@ class KSMOptions:
     threshold: float = 5e-3    # kept iff m >= threshold (reference: DEFAULT_THRESHOLD)
     beta: float = 1200.0       # reference: self.Beta
     temperature: float = 100.0  # reference: self.temperature; the straight-through slope is beta / temperature
-    codec: str = DEFAULT_CODEC  # how the binary masks are stored (nws_avalanche.codecs)
+    codec: str = DEFAULT_CODEC  # how the binary masks are stored (nws_avalanche.storage.codecs)
     schedule: str = "common"    # common: the run's milestones | cosine: the reference's per-iteration cosine
 
     def __post_init__(self):  # checked by the runner before anything is written
@@ -243,7 +243,7 @@ class KSM(TaskIncrementalStrategy):
 
     def shared_state_keys(self):  # the frozen backbone; per task: masks, BatchNorm, head
         return {f"{n}.{leaf}" for n, _ in self.mask_layers() for leaf in ("weight", "bias")}
-    # -- the paper's accounting (nws_avalanche.paper_memory) -----------------------------------
+    # -- the paper's accounting (nws_avalanche.storage.paper_memory) -----------------------------------
     def paper_bytes(self, t, directory) -> int:
         """uint8 mask per kernel + the dropped kernels' multipliers + pickled BatchNorm + head."""
         _, state, masks = self.read_task(t, directory)

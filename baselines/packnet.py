@@ -40,14 +40,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from nws_avalanche import paper_memory as paper
-from nws_avalanche.codecs import CODECS, DEFAULT_CODEC
-from nws_avalanche.errors import ArtifactError, ConfigError
-from nws_avalanche.methods import METHODS
-from nws_avalanche.models import build_arch, get_head, set_head
-from nws_avalanche.record import F32, Ints, State, read_record, write_record
-from nws_avalanche.template import TaskIncrementalStrategy, state_copy
-from nws_avalanche.training import EpochLRSchedule, build_optimizer
+from nws_avalanche.common.errors import ArtifactError, ConfigError
+from nws_avalanche.nets.models import build_arch, get_head, set_head
+from nws_avalanche.storage import paper_memory as paper
+from nws_avalanche.storage.codecs import CODECS, DEFAULT_CODEC
+from nws_avalanche.storage.record import F32, Ints, State, read_record, write_record
+from nws_avalanche.strategies.methods import METHODS
+from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy, state_copy
+from nws_avalanche.strategies.training import EpochLRSchedule, build_optimizer
 
 from .surgery import bn_state, layers_of, replace_layers
 
@@ -62,7 +62,7 @@ class PackNetOptions:
     retrain_lr_scale: float = 0.1      # retraining runs at lr * this (CPG: lr / 10)
     free_init: str = "zero"            # zero (PackNet/CPG) | pretrained: value of freed weights for a new task
     retrain_decay_at: float = 25 / 30  # retraining lr x0.1 after this share of its epochs (CPG: 25 of 30); 1 = never
-    codec: str = DEFAULT_CODEC         # how owner ids are stored (nws_avalanche.codecs)
+    codec: str = DEFAULT_CODEC         # how owner ids are stored (nws_avalanche.storage.codecs)
 
     def __post_init__(self):  # checked by the runner before anything is written
         if not 0.0 <= self.prune_ratio < 1.0:
@@ -275,7 +275,7 @@ class PackNet(TaskIncrementalStrategy):
     def load_task_extra(self, view):
         for _, m in self.owned_layers():
             m.view = view
-    # -- the paper's accounting (nws_avalanche.paper_memory) -----------------------------------
+    # -- the paper's accounting (nws_avalanche.storage.paper_memory) -----------------------------------
     def paper_bytes(self, t, directory) -> int:
         """CPG's ``shared_layer_info`` entry of the task: its BatchNorm, biases and head, pickled."""
         return paper.bn_and_rest_bytes(self.read_task(t, directory).state)

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from nws_avalanche.registry import Registry
+from nws_avalanche.common.registry import Registry
 
 BENCHMARKS: Registry = Registry("benchmark")
 # benchmark name -> dataclass of its ``benchmark_options`` (checked with the rest of the config)
@@ -51,8 +51,8 @@ class BenchmarkData:
 def check_benchmark_options(cfg) -> Any:
     """``cfg.benchmark_options`` as the benchmark's options dataclass: unknown keys, wrong types and
     out-of-range values stop here (ConfigError), before any work. None for a benchmark without one."""
-    from nws_avalanche.config import build_options
-    from nws_avalanche.errors import ConfigError
+    from nws_avalanche.common.errors import ConfigError
+    from nws_avalanche.common.typed_options import build_options
 
     BENCHMARKS.get(cfg.benchmark)
     if cfg.benchmark not in BENCHMARK_OPTIONS:

@@ -13,7 +13,7 @@ when nothing is found (never needed when the files are there).
 Layouts under ``data_root`` (``LAYOUTS``, tried in order): torchvision's extracted
 ``cifar-100-python/{train,test,meta}`` pickles (or those three files directly in the root), or
 image folders ``train/<superclass>/<class>/<image>`` + ``test/...`` (the CPG/authors' layout).
-The pickles are read with a restricted unpickler (``nws_avalanche.safepickle``): plain data only,
+The pickles are read with a restricted unpickler (``nws_avalanche.common.safepickle``): plain data only,
 so a crafted file cannot run code. Within a class, images are ordered by file name, so both layouts give identical tasks when the
 folder files carry the pickles' ``filenames``.
 
@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from nws_avalanche.errors import ConfigError, DataError
-from nws_avalanche.registry import Registry
-from nws_avalanche.safepickle import ForbiddenPickle, load_plain
+from nws_avalanche.common.errors import ConfigError, DataError
+from nws_avalanche.common.registry import Registry
+from nws_avalanche.common.safepickle import ForbiddenPickle, load_plain
 
 from .base import BENCHMARK_OPTIONS, BENCHMARKS, BenchmarkData, Task
 from .imagefolder import (VERIFY_MODES, check_not_empty, check_options, check_same_classes, handle_unreadable,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
-from nws_avalanche.errors import ConfigError, DataError
+from nws_avalanche.common.errors import ConfigError, DataError
 
 from .base import BENCHMARK_OPTIONS, BENCHMARKS, BenchmarkData, Task
 from .imagefolder import (VERIFY_MODES, ImageFiles, SplitIndex, check_not_empty, check_options,

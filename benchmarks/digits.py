@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from nws_avalanche.errors import ConfigError
+from nws_avalanche.common.errors import ConfigError
 
 from .base import BENCHMARK_OPTIONS, BENCHMARKS, BenchmarkData, Task
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nws_avalanche.errors import ConfigError
+from nws_avalanche.common.errors import ConfigError
 
 from .base import BENCHMARK_OPTIONS, BENCHMARKS, BenchmarkData, Task, check_benchmark_options
 from .digits import TensorImages

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from torch.utils.data import Dataset
 
-from nws_avalanche.errors import ConfigError, DataError
+from nws_avalanche.common.errors import ConfigError, DataError
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 VERIFY_MODES = ("none", "header", "full")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nws_avalanche.safepickle import load_plain
+from nws_avalanche.common.safepickle import load_plain
 
 from .cifar100_names import COARSE_LABEL_NAMES, FINE_LABEL_NAMES, SUPERCLASSES
 

@@ -2,7 +2,7 @@
 
 Built the Avalanche way: ``PackNet(model, optimizer, criterion, task_classes=..., options=...,
 train_mb_size=..., ...)``. The model follows the package's convention (a ``feature_dim``
-attribute and the head in ``fc``, as every ``nws_avalanche.models`` architecture); the
+attribute and the head in ``fc``, as every ``nws_avalanche.nets.models`` architecture); the
 optimiser's kind and hyper-parameters are reused for the fresh optimiser of every task. Each task
 is evaluated by Avalanche on the state it keeps (PackNet: the weights it owns, its BatchNorm and
 head), so forgetting is zero. Run: ``PYTHONPATH=. python examples/baseline_packnet.py``.
@@ -15,7 +15,7 @@ from avalanche.logging import TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
 from baselines.packnet import PackNet, PackNetOptions
-from nws_avalanche.models import build_arch
+from nws_avalanche.nets.models import build_arch
 
 try:
     from nws_naive import make_benchmark

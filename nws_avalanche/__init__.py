@@ -8,16 +8,14 @@ line's ``--help``/``status`` do not import torch, numba or Avalanche.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _PUBLIC = {
-    "NWS": "avalanche_nws", "NWSPlugin": "plugin", "NWSConv2d": "layers", "NWSLinear": "layers",
-    "commitment_loss": "layers", "nws_layers": "layers", "nwsify": "nwsify", "PoolSet": "pools",
-    "build_pools_kmeans": "pools",
+    "NWS": "method.avalanche_nws", "NWSPlugin": "method.plugin", "NWSConv2d": "method.layers",
+    "NWSLinear": "method.layers", "commitment_loss": "method.layers", "nws_layers": "method.layers",
+    "nwsify": "method.nwsify", "PoolSet": "pools.pool_set", "build_pools_kmeans": "pools.pool_set",
 }
 __all__ = sorted(_PUBLIC)
 
@@ -30,16 +28,3 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_PUBLIC))
-
-
-class _Package(types.ModuleType):
-    """Importing the submodule ``nws_avalanche.nwsify`` binds it as the package attribute
-    ``nwsify``; the public name is the function of that name, so the function is kept."""
-
-    def __setattr__(self, name, value):
-        if name == "nwsify" and isinstance(value, types.ModuleType):
-            value = value.nwsify
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nws_avalanche.atomic import atomic_write_json
+from nws_avalanche.common.atomic import atomic_write_json
 
 METHODS = ("nws", "finetune", "packnet", "ksm", "aqd")
 MIB = float(1 << 20)
@@ -24,7 +24,7 @@ def nws_layer_sizes(arch: str = "resnet18-narrow") -> dict[str, int]:
     """Kernels per NWS layer (convs and the head) of ``arch``."""
     import torch.nn as nn
 
-    from nws_avalanche.models import build_arch
+    from nws_avalanche.nets.models import build_arch
 
     model = build_arch(arch, 2, 1)
     return {n: m.weight.shape[0] * m.weight.shape[1] for n, m in model.named_modules()

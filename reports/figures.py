@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nws_avalanche.atomic import atomic_write  # noqa: E402
+from nws_avalanche.common.atomic import atomic_write  # noqa: E402
 
 
 def save_figure(fig, path: Path, tight_bbox: bool = True) -> list[Path]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nws_avalanche.errors import NWSError
+from nws_avalanche.common.errors import NWSError
 
 
 def find_results(roots) -> list[Path]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from nws_avalanche.atomic import atomic_write_text
+from nws_avalanche.common.atomic import atomic_write_text
 
 from .figures import (accuracy_heatmap_figure, accuracy_memory_figure, groups, has_selection_counts,
                       memory_growth_figure, pool_utilisation, pool_utilisation_figure, save_figure,
@@ -51,7 +51,7 @@ def line_progress():
     """Off a terminal (log file, Slurm): a callback printing one line per figure group; else None."""
     import time
 
-    from nws_avalanche.feedback import on_terminal, say
+    from nws_avalanche.common.feedback import on_terminal, say
 
     if on_terminal():
         return None

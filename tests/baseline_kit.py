@@ -8,11 +8,11 @@ import torch
 from torch.utils.data import TensorDataset
 
 from benchmarks import BenchmarkData, Task, to_avalanche
-from nws_avalanche.assets import Assets
-from nws_avalanche.config import build_config
-from nws_avalanche.factory import build_strategy
-from nws_avalanche.methods import METHODS, load_all
-from nws_avalanche.models import build_arch
+from nws_avalanche.config.run_config import build_config
+from nws_avalanche.nets.models import build_arch
+from nws_avalanche.pools.pretrained import Assets
+from nws_avalanche.runner.factory import build_strategy
+from nws_avalanche.strategies.methods import METHODS, load_all
 
 ARCH, SIZE = "resnet-tiny", 12
 

@@ -13,7 +13,7 @@ TINY = ["arch=resnet-tiny", "epochs=2", "pretrain_epochs=3", "pool_size=16", "be
 
 
 def tiny_config(**fixed):
-    from nws_avalanche.config import build_config
+    from nws_avalanche.config.run_config import build_config
 
     return build_config([], TINY, **fixed)
 

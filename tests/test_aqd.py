@@ -12,9 +12,9 @@ import numpy as np
 
 from baselines.aqd import AQDOptions, QuantConv2d, QuantMixin, quant_layers
 from tests.baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
-from nws_avalanche.codecs import decode_ints
-from nws_avalanche.errors import ConfigError
-from nws_avalanche.record import read_record
+from nws_avalanche.common.errors import ConfigError
+from nws_avalanche.storage.codecs import decode_ints
+from nws_avalanche.storage.record import read_record
 
 T = 2
 

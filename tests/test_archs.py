@@ -7,13 +7,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nws_avalanche.artifact import load_nws_task, save_nws_task
-from nws_avalanche.assets import load_torchvision_state
-from nws_avalanche.grouping import group_sizes_for
-from nws_avalanche.layers import NWSConv2d, commitment_loss, nws_layers
-from nws_avalanche.models import build_arch, head_name
-from nws_avalanche.nwsify import convertible_layers, nwsify
-from nws_avalanche.pools import PoolSet, layer_specs
+from nws_avalanche.method.grouping import group_sizes_for
+from nws_avalanche.method.layers import NWSConv2d, commitment_loss, nws_layers
+from nws_avalanche.method.nwsify import convertible_layers, nwsify
+from nws_avalanche.method.task_artifact import load_nws_task, save_nws_task
+from nws_avalanche.nets.models import build_arch, head_name
+from nws_avalanche.pools.pool_set import PoolSet, layer_specs
+from nws_avalanche.pools.pretrained import load_torchvision_state
 
 ARCH_CASES = [("resnet34", 1), ("mobilenet_v2", 4), ("vgg16", 1)]
 
@@ -108,7 +108,7 @@ def test_vgg16_bn_converts():
 
 
 def test_group_size_must_divide_pointwise_inputs():
-    from nws_avalanche.errors import ConfigError
+    from nws_avalanche.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match="group_size=7 does not divide"):
         group_sizes_for(build_arch("mobilenet_v2", 5), 7)

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from nws_avalanche.artifact import load_nws_task, save_nws_task
-from nws_avalanche.codecs import BitPack, bits_for
-from nws_avalanche.errors import ArtifactError
-from nws_avalanche.models import build_arch
-from nws_avalanche.nwsify import nwsify
-from nws_avalanche.pools import build_pools_kmeans
+from nws_avalanche.common.errors import ArtifactError
+from nws_avalanche.method.nwsify import nwsify
+from nws_avalanche.method.task_artifact import load_nws_task, save_nws_task
+from nws_avalanche.nets.models import build_arch
+from nws_avalanche.pools.pool_set import build_pools_kmeans
+from nws_avalanche.storage.codecs import BitPack, bits_for
 
 
 @pytest.mark.parametrize("K", [2, 3, 16, 100, 512, 1024])

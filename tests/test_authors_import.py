@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nws_avalanche.authors import import_authors, quantise_theirs
 from nws_avalanche.cli import main as cli
-from nws_avalanche.grouping import group_sizes_for
-from nws_avalanche.pool_tools import model_from_checkpoint
-from nws_avalanche.pools import PoolSet
+from nws_avalanche.method.grouping import group_sizes_for
+from nws_avalanche.pools.authors import import_authors, quantise_theirs
+from nws_avalanche.pools.from_checkpoint import model_from_checkpoint
+from nws_avalanche.pools.pool_set import PoolSet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from baselines.avalanche_methods import MultiHeadNet, NETWORK_FILE
-from nws_avalanche.errors import ArtifactError
 from nws_avalanche.cli import main as cli
-from nws_avalanche.record import read_record
+from nws_avalanche.common.errors import ArtifactError
+from nws_avalanche.storage.record import read_record
 from tests.baseline_kit import assert_memory_is_files, logits, tiny_bench, tiny_strategy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -205,8 +205,8 @@ def test_three_methods_through_the_runner_with_report(tmp_path):
 def test_resume_without_checkpoint_continues_from_the_files(tmp_path, method):
     """checkpoint.pt lost after task 0: the rerun takes the state after task 0 from the shared files
     (network, method state) and ends exactly as an uninterrupted run."""
-    from nws_avalanche.config import build_config
-    from nws_avalanche.runner import run_dir, run_single
+    from nws_avalanche.config.run_config import build_config
+    from nws_avalanche.runner.run import run_dir, run_single
 
     sets = ["arch=resnet-tiny", "epochs=1", "pretrained=random", "benchmark_options.tasks=2",
             "benchmark_options.image_size=8", "batch_size=64", "replay.mem_size=30",
@@ -233,7 +233,7 @@ def test_resume_without_checkpoint_continues_from_the_files(tmp_path, method):
 def test_heads_follow_the_shared_rule(head_init):
     """Task 0: the pretrained head's first rows (or fresh); task t: task t-1's head kept, truncated or
     extended (or fresh), as every method does (``TaskIncrementalStrategy.task_head``)."""
-    from nws_avalanche.template import fresh_head, resized_head
+    from nws_avalanche.strategies.task_incremental import fresh_head, resized_head
 
     bench = tiny_bench(3)
     strategy, _ = tiny_strategy("lwf", bench, f"head_init={head_init}")

@@ -18,7 +18,7 @@ from avalanche.training import LwF, Naive
 from avalanche.training.plugins import EvaluationPlugin
 
 from nws_avalanche import NWSPlugin, build_pools_kmeans, nws_layers, nwsify
-from nws_avalanche.artifact import load_nws_task, read_nws_task, save_nws_task
+from nws_avalanche.method.task_artifact import load_nws_task, read_nws_task, save_nws_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,8 +213,8 @@ def test_baseline_eval_uses_each_tasks_state(method, tmp_path, one_thread):
 
 
 def test_runner_matrix_is_avalanches(tmp_path, one_thread):
-    from nws_avalanche.config import build_config
-    from nws_avalanche.runner import run_single
+    from nws_avalanche.config.run_config import build_config
+    from nws_avalanche.runner.run import run_single
 
     seen = {}
 
@@ -333,7 +333,7 @@ def test_baseline_example_shows_no_forgetting(one_thread):
 
 
 def test_artifact_with_heads_the_skeleton_lacks_is_refused(tmp_path, one_thread):
-    from nws_avalanche.errors import ArtifactError
+    from nws_avalanche.common.errors import ArtifactError
 
     mod = load_example("nws_multihead")
     torch.manual_seed(0)
@@ -353,9 +353,9 @@ def test_artifact_with_heads_the_skeleton_lacks_is_refused(tmp_path, one_thread)
 
 
 def test_wandb_metrics_logger_and_logger_names():
-    from nws_avalanche.config import build_config
-    from nws_avalanche.errors import ConfigError
-    from nws_avalanche.loggers import WandbMetricsLogger
+    from nws_avalanche.common.errors import ConfigError
+    from nws_avalanche.config.loggers import WandbMetricsLogger
+    from nws_avalanche.config.run_config import build_config
 
     class FakeRun:
         def __init__(self):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from nws_avalanche.cli import main as cli
-from nws_avalanche.kmeans import kmeans, quantisation_error
-from nws_avalanche.models import build_arch
-from nws_avalanche.pools import PoolSet, layer_vectors
+from nws_avalanche.nets.models import build_arch
+from nws_avalanche.pools.kmeans import kmeans, quantisation_error
+from nws_avalanche.pools.pool_set import PoolSet, layer_vectors
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,7 +95,7 @@ def test_runner_uses_given_pool_file_and_rejects_a_mismatch(ckpt, tmp_path, caps
 def test_one_dimensional_search_matches_exhaustive_search():
     """d = 1 pools (1x1 convs, the head) use a sorted search: same indices as float64 brute force,
     duplicates in the pool and points exactly midway included (lowest index wins)."""
-    from nws_avalanche.search import exact_rows, nearest
+    from nws_avalanche.method.search import exact_rows, nearest
 
     g = torch.Generator().manual_seed(0)
     for _ in range(50):

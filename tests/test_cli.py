@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from nws_avalanche.cli import main
-from nws_avalanche.models import build_arch
-from nws_avalanche.pools import build_pools_kmeans
+from nws_avalanche.nets.models import build_arch
+from nws_avalanche.pools.pool_set import build_pools_kmeans
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "arch=resnet-tiny", "--set", "epochs=1", "--set", "pretrain_epochs=1", "--set", "pool_size=8",
@@ -71,8 +71,8 @@ def test_report_from_results(tiny_runs, tmp_path, capsys):
 
 
 def test_summary_table_lists_every_finished_run(capsys):
-    from nws_avalanche.commands.run import print_summary
-    from nws_avalanche.launch import Outcome
+    from nws_avalanche.cli.run import print_summary
+    from nws_avalanche.runner.launch import Outcome
 
     print_summary([Outcome("split-digits/nws/seed0", True, {"run": "split-digits/nws/seed0", "average_accuracy": 99.333,
                                                            "mib_per_task": 0.12321, "total_mib": 1.0043}),

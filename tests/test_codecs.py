@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from nws_avalanche.artifact import load_nws_task, read_nws_task, save_nws_task
-from nws_avalanche import ans
-from nws_avalanche.codecs import CODECS, DEFAULT_CODEC, RANS16, BitPack, order0_entropy_bits
-from nws_avalanche.layers import nws_layers
-from nws_avalanche.models import build_arch
-from nws_avalanche.nwsify import nwsify
-from nws_avalanche.perf import sample_pools
-from nws_avalanche.pools import PoolSet, layer_specs
+from nws_avalanche.method.layers import nws_layers
+from nws_avalanche.method.nwsify import nwsify
+from nws_avalanche.method.task_artifact import load_nws_task, read_nws_task, save_nws_task
+from nws_avalanche.nets.models import build_arch
+from nws_avalanche.pools.pool_set import PoolSet, layer_specs
+from nws_avalanche.speed.perf_measure import sample_pools
+from nws_avalanche.storage import ans
+from nws_avalanche.storage.codecs import CODECS, DEFAULT_CODEC, RANS16, BitPack, order0_entropy_bits
 
 RNG = np.random.default_rng(0)
 CASES = {

@@ -1,7 +1,7 @@
 import pytest
 
-from nws_avalanche.config import build_config, parse_set
-from nws_avalanche.errors import ConfigError
+from nws_avalanche.common.errors import ConfigError
+from nws_avalanche.config.run_config import build_config, parse_set
 
 
 def test_preset_then_set_overrides():

@@ -13,8 +13,8 @@ from benchmarks import build_benchmark
 from benchmarks.cifar100_names import COARSE_LABEL_NAMES, FINE_LABEL_NAMES, SUPERCLASSES
 from benchmarks.synthetic import write_cifar100_folders, write_cifar100_pickles
 from nws_avalanche.cli import main as cli
-from nws_avalanche.config import RunConfig, build_config
-from nws_avalanche.errors import DataError
+from nws_avalanche.common.errors import DataError
+from nws_avalanche.config.run_config import RunConfig, build_config
 
 TRAIN, TEST = 3, 2  # images per class
 
@@ -138,7 +138,7 @@ def test_missing_data_names_path_layout_and_source(tmp_path, capsys):
 
 
 def test_misspelt_option_is_an_error(roots):
-    from nws_avalanche.errors import ConfigError
+    from nws_avalanche.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"unknown benchmark_options.*skip_unreadble.*known:.*skip_unreadable"):
         bench(roots["pickles"], skip_unreadble=True)

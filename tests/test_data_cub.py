@@ -14,8 +14,8 @@ from benchmarks import build_benchmark
 from benchmarks.cub import DATASETS, Cutout
 from benchmarks.synthetic import write_image_tree
 from nws_avalanche.cli import main as cli
-from nws_avalanche.config import RunConfig, build_config
-from nws_avalanche.errors import DataError
+from nws_avalanche.common.errors import DataError
+from nws_avalanche.config.run_config import RunConfig, build_config
 
 CLASSES = dict(zip(DATASETS, (3, 2, 4, 2, 3)))  # a different head size per task
 SIZE = 16  # tiny stand-in for 224

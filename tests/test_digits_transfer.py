@@ -11,8 +11,8 @@ import torch
 
 from benchmarks import build_benchmark
 from benchmarks.digits_transfer import transform
-from nws_avalanche.config import build_config
-from nws_avalanche.errors import ConfigError
+from nws_avalanche.common.errors import ConfigError
+from nws_avalanche.config.run_config import build_config
 
 REDUCED = ["arch=resnet-tiny", "benchmark_options.image_size=16", "pretrain_epochs=5", "epochs=10",
            "batch_size=32", "benchmark_options.transforms=[patches,pixels]",
@@ -85,7 +85,7 @@ def test_bad_options_name_the_key(sets):
 
 
 def test_finetune_beats_the_frozen_control(tmp_path, one_thread):
-    from nws_avalanche.runner import run_single
+    from nws_avalanche.runner.run import run_single
 
     acc = {m: run_single(build_config([], ["benchmark=digits-transfer", *REDUCED], method=m), tmp_path,
                          progress=False)["average_accuracy"] for m in ("frozen", "finetune")}

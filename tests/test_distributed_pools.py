@@ -11,8 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from nws_avalanche.pools import PoolSet
-from nws_avalanche.pretrain import PretrainConfig, pretrain
+from nws_avalanche.pools.pool_set import PoolSet
+from nws_avalanche.pools.pretrain import PretrainConfig, pretrain
 
 
 def make_folder(root, classes=3, per_class=8, size=12, seed=0):
@@ -88,7 +88,7 @@ def test_resume_gives_same_pools_as_uninterrupted(folder, tmp_path):
 
 
 def test_resume_refuses_other_settings(folder, tmp_path):
-    from nws_avalanche.errors import ConfigError
+    from nws_avalanche.common.errors import ConfigError
 
     pretrain(tiny_cfg(folder, tmp_path, epochs=2, stop_after=1))
     with pytest.raises(ConfigError, match="pool_size"):
@@ -96,10 +96,10 @@ def test_resume_refuses_other_settings(folder, tmp_path):
 
 
 def test_outputs_feed_runs_and_a_second_pretraining(folder, tmp_path):
-    from nws_avalanche.assets import load_torchvision_state
-    from nws_avalanche.kmeans import quantisation_error
-    from nws_avalanche.models import build_arch
-    from nws_avalanche.pools import layer_vectors
+    from nws_avalanche.nets.models import build_arch
+    from nws_avalanche.pools.kmeans import quantisation_error
+    from nws_avalanche.pools.pool_set import layer_vectors
+    from nws_avalanche.pools.pretrained import load_torchvision_state
 
     pretrain(tiny_cfg(folder, tmp_path / "a", epochs=1))
     pools = PoolSet.load(tmp_path / "a" / "pools.nwsp")

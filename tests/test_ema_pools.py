@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nws_avalanche.layers import NWSConv2d, commitment_loss
-from nws_avalanche.vq_ema import EMAConfig, PoolEMA
+from nws_avalanche.method.layers import NWSConv2d, commitment_loss
+from nws_avalanche.pools.vq_ema import EMAConfig, PoolEMA
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,7 +89,7 @@ def test_statistics_come_from_the_forward_pass_or_after_the_step(stats):
 
 def test_pretraining_lr_drops_once_at_100_of_160_epochs():
     """The authors' pretrain_KP.py (SGD): MILESTONES = [100] when epochs == 160, else int(0.5 E), int(0.8 E)."""
-    from nws_avalanche.pretrain import PretrainConfig, lr_milestones, lr_schedule
+    from nws_avalanche.pools.pretrain import PretrainConfig, lr_milestones, lr_schedule
 
     assert lr_milestones(160) == [100] and lr_milestones(16) == [8, 12] and lr_milestones(100) == [50, 80]
     assert lr_milestones(7) == [3, 5] and lr_milestones(1) == []
@@ -133,7 +133,7 @@ def test_commitment_term_is_present_and_trains_the_kernels():
 def test_pretraining_loss_includes_commitment(tmp_path, monkeypatch):
     """The loss pretraining backpropagates is CE + beta * commitment (beta=0 vs beta>0 differ)."""
     from tests.test_distributed_pools import make_folder, tiny_cfg
-    from nws_avalanche.pretrain import pretrain
+    from nws_avalanche.pools.pretrain import pretrain
 
     data = make_folder(tmp_path / "imgs", per_class=4)
     # three steps: the statistics of a step come from its forward pass, so the first update sees
@@ -177,7 +177,7 @@ def test_statistics_stay_float32_under_autocast():
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     from tests.test_distributed_pools import make_folder, tiny_cfg
-    from nws_avalanche import pretrain as P
+    from nws_avalanche.pools import pretrain as P
 
     data = make_folder(tmp_path / "imgs", per_class=4)
     P.pretrain(tiny_cfg(data, tmp_path / "o", epochs=3, stop_after=1))
@@ -193,7 +193,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
 
 def test_mixed_precision_pretraining_keeps_float32_pools(tmp_path):
     from tests.test_distributed_pools import make_folder, tiny_cfg
-    from nws_avalanche.pretrain import pretrain
+    from nws_avalanche.pools.pretrain import pretrain
 
     data = make_folder(tmp_path / "imgs", per_class=4)
     out = pretrain(tiny_cfg(data, tmp_path / "o", epochs=1, amp="bf16"))

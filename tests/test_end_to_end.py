@@ -3,8 +3,8 @@ import json
 
 import torch
 
-from nws_avalanche.layers import nws_layers
-from nws_avalanche.training import evaluate
+from nws_avalanche.method.layers import nws_layers
+from nws_avalanche.strategies.training import evaluate
 from tests.baseline_kit import assert_paper_memory
 
 
@@ -55,7 +55,7 @@ def test_task0_logits_identical_after_last_task(tmp_path):
     """Task 0's model rebuilt after task 0 and after the last task gives identical logits."""
     from benchmarks import build_benchmark
     from tests.conftest import tiny_config
-    from nws_avalanche.runner import run_single
+    from nws_avalanche.runner.run import run_single
 
     snapshots = {}
 
@@ -74,8 +74,8 @@ def test_task0_logits_identical_after_last_task(tmp_path):
 def test_rebuilt_model_reproduces_reported_accuracy(tiny_runs):
     from benchmarks import build_benchmark
     from tests.conftest import tiny_config
-    from nws_avalanche.assets import prepare_assets
-    from nws_avalanche.factory import build_strategy
+    from nws_avalanche.pools.pretrained import prepare_assets
+    from nws_avalanche.runner.factory import build_strategy
 
     out, res = tiny_runs
     cfg = tiny_config(method="nws")
@@ -91,7 +91,7 @@ def test_rebuilt_model_reproduces_reported_accuracy(tiny_runs):
 def test_fast_search_and_codec_do_not_change_results(tiny_runs, tmp_path):
     """The exhaustive search with fixed-width codes gives the default run's accuracy matrix."""
     from tests.conftest import tiny_config
-    from nws_avalanche.runner import run_single
+    from nws_avalanche.runner.run import run_single
 
     out, res = tiny_runs
     import shutil
@@ -101,7 +101,7 @@ def test_fast_search_and_codec_do_not_change_results(tiny_runs, tmp_path):
     assert slow["config"]["method_options"]["nws"]["search"] == "exact"
     assert res["nws"]["config"]["method_options"]["nws"]["search"] == "incremental"
     assert slow["accuracy_matrix"] == res["nws"]["accuracy_matrix"]
-    from nws_avalanche.artifact import read_nws_task
+    from nws_avalanche.method.task_artifact import read_nws_task
 
     for t in range(2):
         name = f"task{t:03d}.nwst"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny(**fixed):
-    from nws_avalanche.config import build_config
+    from nws_avalanche.config.run_config import build_config
 
     return build_config([], TINY, **fixed)
 
@@ -61,7 +61,7 @@ def without_timing(r):
 def base(tmp_path_factory):
     """A finished finetune run with its cached pretrained network (the reference, and the seed of
     every output folder below)."""
-    from nws_avalanche.runner import run_single
+    from nws_avalanche.runner.run import run_single
 
     out = tmp_path_factory.mktemp("base")
     ref = run_single(tiny(method="finetune"), out, progress=False)
@@ -132,7 +132,7 @@ def test_cuda_on_a_machine_without_gpu(tmp_path, capsys):
 def test_strict_types_accept_the_plain_spellings():
     cfg = tiny(method="packnet", lr="1e-3", nesterov="false", epochs=3.0)
     assert cfg.lr == 1e-3 and cfg.nesterov is False and cfg.epochs == 3 and type(cfg.epochs) is int
-    from nws_avalanche.config import build_config
+    from nws_avalanche.config.run_config import build_config
 
     c = build_config([], TINY + ["packnet.retrain_epochs=2", "milestones=1,2"])
     assert c.milestones == [1, 2] and c.method_options["packnet"]["retrain_epochs"] == 2
@@ -157,7 +157,7 @@ def test_out_below_a_file(tmp_path, capsys):
                                        (errno.ENOSPC, "no space left on device")])
 def test_unwritable_out_stops_before_training(base, tmp_path, capsys, monkeypatch, err, cause):
     """A read-only, forbidden or full folder (simulated: tests may run as root, who may write anywhere)."""
-    import nws_avalanche.atomic as atomic
+    import nws_avalanche.common.atomic as atomic
 
     out = fresh_out(base, tmp_path, finished=True)
     before = snapshot(out)
@@ -170,7 +170,7 @@ def test_unwritable_out_stops_before_training(base, tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
     trained = []
-    monkeypatch.setattr("nws_avalanche.runner._train", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr("nws_avalanche.runner.run._train", lambda *a, **k: trained.append(1))
     rc, text = run_cli(cli_args(out, "--seeds", "1"), capsys)  # seed 1: not finished yet
     assert rc == 2 and f"cannot write to output folder {out}: {cause}" in text
     assert trained == [] and snapshot(out) == before
@@ -180,8 +180,8 @@ def test_disk_full_mid_run_keeps_everything_and_the_rerun_resumes(base, tmp_path
     """The disk fills while task 1's artifact is written: exit 2 naming it; task 0's files and the
     checkpoint stay as they were; once space is back, the rerun resumes at task 1 with the
     uninterrupted run's results."""
-    import nws_avalanche.atomic as atomic
-    from nws_avalanche.runner import run_dir, run_single
+    import nws_avalanche.common.atomic as atomic
+    from nws_avalanche.runner.run import run_dir, run_single
 
     _, ref = base
     out = fresh_out(base, tmp_path)
@@ -215,8 +215,8 @@ def test_disk_full_mid_run_keeps_everything_and_the_rerun_resumes(base, tmp_path
 
 def test_a_writer_that_wraps_enospc_is_still_named(tmp_path, monkeypatch):
     """torch.save reports a full disk as a RuntimeError: the disk itself is asked."""
-    import nws_avalanche.atomic as atomic
-    from nws_avalanche.errors import OutputError
+    import nws_avalanche.common.atomic as atomic
+    from nws_avalanche.common.errors import OutputError
 
     target = tmp_path / "pretrained.pt"
     target.write_bytes(b"old")
@@ -292,9 +292,9 @@ def _poison_after_task(k):
 
 
 def test_nan_loss_stops_the_task_and_keeps_the_earlier_ones(base, tmp_path, capsys):
-    from nws_avalanche.commands.status import main as status_main
-    from nws_avalanche.errors import DivergedError, NWSError
-    from nws_avalanche.runner import run_dir, run_single
+    from nws_avalanche.cli.status import main as status_main
+    from nws_avalanche.common.errors import DivergedError, NWSError
+    from nws_avalanche.runner.run import run_dir, run_single
 
     out = fresh_out(base, tmp_path)
     cfg = tiny(method="finetune")
@@ -340,8 +340,8 @@ def test_allow_nonfinite_goes_on_regardless(base, tmp_path, capsys):
 
 
 def test_nonfinite_weights_are_named():
-    from nws_avalanche.guard import first_nonfinite
-    from nws_avalanche.models import build_arch
+    from nws_avalanche.nets.models import build_arch
+    from nws_avalanche.strategies.guard import first_nonfinite
 
     m = build_arch("resnet-tiny", 3, 1)
     assert first_nonfinite(m) is None
@@ -382,7 +382,7 @@ def test_plain_unpickler_reads_what_cifar_files_hold():
 
     import numpy as np
 
-    from nws_avalanche.safepickle import ForbiddenPickle, load_plain
+    from nws_avalanche.common.safepickle import ForbiddenPickle, load_plain
 
     obj = {b"data": np.arange(24, dtype=np.uint8).reshape(2, 12), b"fine_labels": [3, 7],
            b"filenames": [b"a.png", b"b.png"], "names": ["apple"], "n": np.int64(5), "s": {1, 2}}
@@ -405,7 +405,7 @@ def test_plain_unpickler_reads_what_cifar_files_hold():
 HOLDER = """
 import sys, time
 from pathlib import Path
-from nws_avalanche.runlock import run_folder_lock
+from nws_avalanche.runner.runlock import run_folder_lock
 with run_folder_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(600)
@@ -413,8 +413,8 @@ with run_folder_lock(Path(sys.argv[1])):
 
 
 def test_second_run_into_a_folder_stops_and_a_killed_holder_is_taken_over(base, tmp_path, capsys):
-    from nws_avalanche.runlock import lock_path
-    from nws_avalanche.runner import run_dir
+    from nws_avalanche.runner.run import run_dir
+    from nws_avalanche.runner.runlock import lock_path
 
     out = fresh_out(base, tmp_path)
     rdir = run_dir(out, tiny(method="finetune"))
@@ -436,8 +436,8 @@ def test_second_run_into_a_folder_stops_and_a_killed_holder_is_taken_over(base, 
 
 
 def test_lock_in_process(tmp_path):
-    from nws_avalanche.errors import ConfigError
-    from nws_avalanche.runlock import run_folder_lock
+    from nws_avalanche.common.errors import ConfigError
+    from nws_avalanche.runner.runlock import run_folder_lock
 
     rdir = tmp_path / "a" / "b" / "seed0"
     with run_folder_lock(rdir):
@@ -451,7 +451,7 @@ def test_lock_in_process(tmp_path):
 
 # -- 14.8: files honour the umask ---------------------------------------------------------------------
 def test_atomic_files_honour_the_umask(tmp_path):
-    from nws_avalanche.atomic import atomic_write_json, atomic_write_text
+    from nws_avalanche.common.atomic import atomic_write_json, atomic_write_text
 
     old = os.umask(0o022)
     try:
@@ -468,7 +468,7 @@ def test_atomic_files_honour_the_umask(tmp_path):
 
 
 def test_run_files_are_readable_by_the_group_under_umask_022(base, tmp_path):
-    from nws_avalanche.runner import run_dir, run_single
+    from nws_avalanche.runner.run import run_dir, run_single
 
     old = os.umask(0o022)
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import re
 
-from nws_avalanche.feedback import Steps
+from nws_avalanche.common.feedback import Steps
 
 SETS = ["arch=resnet-tiny", "epochs=2", "pretrain_epochs=2", "pool_size=8", "benchmark_options.tasks=2",
         "benchmark_options.image_size=8", "batch_size=128"]

@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nws_avalanche.assets import Assets
-from nws_avalanche.config import build_config
-from nws_avalanche.errors import ConfigError
-from nws_avalanche.factory import build_strategy
-from nws_avalanche.methods import METHODS, load_all
-from nws_avalanche.models import build_arch, get_head
-from nws_avalanche.pools import build_pools_kmeans
-from nws_avalanche.template import fresh_head, resized_head
+from nws_avalanche.common.errors import ConfigError
+from nws_avalanche.config.run_config import build_config
+from nws_avalanche.nets.models import build_arch, get_head
+from nws_avalanche.pools.pool_set import build_pools_kmeans
+from nws_avalanche.pools.pretrained import Assets
+from nws_avalanche.runner.factory import build_strategy
+from nws_avalanche.strategies.methods import METHODS, load_all
+from nws_avalanche.strategies.task_incremental import fresh_head, resized_head
 
 from .baseline_kit import ARCH
 
@@ -87,7 +87,7 @@ def test_head_init_fresh_draws_new_heads(method):
 def test_nws_random_head_is_redrawn_kaiming_fan_out_over_the_new_class_count(classes):
     """The authors' NWS-random: reset_last_layer (resize), then initial_conv re-draws every NWS layer,
     the head too, kaiming-normal fan-out: std sqrt(2 / C) with the new C, no row kept."""
-    from nws_avalanche.plugin import init_temporary_kernels, random_head
+    from nws_avalanche.method.plugin import init_temporary_kernels, random_head
 
     strategy, pre = _strategy("nws", [3, classes], "nws.init=random")
     init_temporary_kernels(strategy.model, "random", seed=7)  # what the plugin does before prepare_task

@@ -11,11 +11,11 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from nws_avalanche import hub
-from nws_avalanche.assets import prepare_assets
 from nws_avalanche.cli import main as cli
-from nws_avalanche.errors import ConfigError
-from nws_avalanche.pool_tools import model_from_checkpoint
+from nws_avalanche.common.errors import ConfigError
+from nws_avalanche.pools import hub
+from nws_avalanche.pools.from_checkpoint import model_from_checkpoint
+from nws_avalanche.pools.pretrained import prepare_assets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,13 +10,13 @@ import torch.nn.functional as F
 
 from baselines.ksm import BACKBONE_FILE, KSMConv2d, KSMOptions
 from benchmarks import build_benchmark, to_avalanche
-from nws_avalanche.assets import Assets
-from nws_avalanche.codecs import decode_ints
-from nws_avalanche.config import build_config
-from nws_avalanche.factory import build_strategy
-from nws_avalanche.methods import load_all
-from nws_avalanche.record import read_record
-from nws_avalanche.models import build_arch
+from nws_avalanche.config.run_config import build_config
+from nws_avalanche.nets.models import build_arch
+from nws_avalanche.pools.pretrained import Assets
+from nws_avalanche.runner.factory import build_strategy
+from nws_avalanche.storage.codecs import decode_ints
+from nws_avalanche.storage.record import read_record
+from nws_avalanche.strategies.methods import load_all
 from tests.baseline_kit import ARCH, assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
 
 T = 2

@@ -1,11 +1,11 @@
 import torch
 import torch.nn as nn
 
-from nws_avalanche.layers import NWSConv2d, NWSLinear, commitment_loss
-from nws_avalanche.models import build_arch
-from nws_avalanche.nwsify import nwsify
-from nws_avalanche.pools import build_pools_kmeans
-from nws_avalanche.search import exact_rows
+from nws_avalanche.method.layers import NWSConv2d, NWSLinear, commitment_loss
+from nws_avalanche.method.nwsify import nwsify
+from nws_avalanche.method.search import exact_rows
+from nws_avalanche.nets.models import build_arch
+from nws_avalanche.pools.pool_set import build_pools_kmeans
 
 
 def _layer(gs=1, K=8):

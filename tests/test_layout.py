@@ -132,8 +132,9 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_graph_sees_relative_and_lazy_imports():
     g = import_graph()
-    assert "nws_avalanche.errors" in g["nws_avalanche.config"]          # from .errors import ...
-    assert "nws_avalanche.pretrain" in g["nws_avalanche.commands.pretrain_pools"]  # inside main()
+    assert "nws_avalanche.common.errors" in g["nws_avalanche.config.run_config"]  # from ..common.errors import
+    assert "nws_avalanche.method.layers" in g["nws_avalanche.method.plugin"]      # from .layers import
+    assert "nws_avalanche.pools.pretrain" in g["nws_avalanche.cli.pretrain_pools"]  # inside main()
 
 
 def test_no_import_cycle_between_modules():
@@ -143,18 +144,18 @@ def test_no_import_cycle_between_modules():
 def test_one_default_for_the_index_codec():
     import inspect
 
-    from nws_avalanche.artifact import save_nws_task
-    from nws_avalanche.codecs import DEFAULT_CODEC
-    from nws_avalanche.settings import PerfConfig
-    from nws_avalanche.strategy import NWSOptions
+    from nws_avalanche.config.tool_settings import PerfConfig
+    from nws_avalanche.method.task_artifact import save_nws_task
+    from nws_avalanche.storage.codecs import DEFAULT_CODEC
+    from nws_avalanche.strategies.nws import NWSOptions
 
     assert inspect.signature(save_nws_task).parameters["codec"].default == DEFAULT_CODEC
     assert PerfConfig().codec == DEFAULT_CODEC == NWSOptions().codec
 
 
 def test_public_nwsify_is_the_function_whatever_loaded_first():
-    code = ("import sys\nimport nws_avalanche.plugin\nfrom nws_avalanche import nwsify\n"
-            "assert callable(nwsify) and nwsify is sys.modules['nws_avalanche.nwsify'].nwsify, nwsify\n")
+    code = ("import sys\nimport nws_avalanche.method.plugin\nfrom nws_avalanche import nwsify\n"
+            "assert callable(nwsify) and nwsify is sys.modules['nws_avalanche.method.nwsify'].nwsify, nwsify\n")
     _loaded_after(code)
 
 
@@ -168,27 +169,76 @@ def _closure(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
-# the method core: what a user's own Avalanche script imports
-CORE = ("layers", "search", "kernels", "nwsify", "pools", "plugin", "strategy", "avalanche_nws", "artifact",
-        "codecs", "container", "ans", "kmeans", "vq_ema", "grouping", "models", "archs", "resnet", "template",
-        "task_state", "training", "guard", "fastbuild")
-RUN_MACHINERY = ("config", "settings", "runner", "sweep", "launch", "cli", "commands", "factory", "checkpoint",
-                 "recovery", "runstatus", "runlock", "results", "wandb_log", "assets", "loggers")
+# -- packages -----------------------------------------------------------------------------------
+# the library a user's own Avalanche script (and every baseline) builds on, and the application on top
+LIBRARY = ("common", "nets", "storage", "method", "pools", "strategies")
+APPLICATION = ("config", "runner", "speed", "cli")
 
 
-def test_method_core_never_imports_the_run_machinery_the_cli_or_the_config():
+def package_of(module: str) -> str:
+    """``nws_avalanche.method.layers`` -> ``nws_avalanche.method``; ``benchmarks.cub`` -> ``benchmarks``;
+    the root package's own modules (``__init__``, ``__main__``) -> ``nws_avalanche``."""
+    parts = module.split(".")
+    if parts[0] == "nws_avalanche" and len(parts) > 1 and (ROOT / "nws_avalanche" / parts[1]).is_dir():
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for m, deps in graph.items():
+        out.setdefault(package_of(m), set()).update(package_of(d) for d in deps)
+    return {k: v - {k} for k, v in out.items()}
+
+
+def test_every_module_of_nws_avalanche_sits_in_a_sub_package():
+    loose = sorted(p.name for p in (ROOT / "nws_avalanche").glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py"]
+    subs = sorted(p.name for p in (ROOT / "nws_avalanche").iterdir() if (p / "__init__.py").is_file())
+    assert subs == sorted(LIBRARY + APPLICATION)
+
+
+def test_package_graph_folds_modules_into_their_package():
+    pg = package_graph({"nws_avalanche.method.plugin": {"nws_avalanche.method.layers", "nws_avalanche.common.errors"},
+                        "benchmarks.cub": {"benchmarks.base"}, "nws_avalanche.__main__": {"nws_avalanche.cli"}})
+    assert pg == {"nws_avalanche.method": {"nws_avalanche.common"}, "benchmarks": set(),
+                  "nws_avalanche": {"nws_avalanche.cli"}}
+    assert cycles(package_graph({"a.x": {"b.y"}, "b.y": set(), "b.z": {"a.w"}})) == [["a", "b"]]
+
+
+def test_no_import_cycle_between_packages():
+    pg = package_graph(import_graph())
+    assert "benchmarks" in pg["nws_avalanche.runner"] and "nws_avalanche.common" in pg["benchmarks"]  # seen
+    assert cycles(pg) == []
+
+
+def _lib(*names: str) -> tuple[str, ...]:
+    return tuple(f"nws_avalanche.{n}" for n in names)
+
+
+def test_method_core_never_imports_the_application():
+    """The method, its pools and storage, and the strategies never reach the config, the runner,
+    the CLI, the speed benchmarks, or the benchmarks/reports packages (pool *building* from the
+    command line, ``pools.pretrain``/``pools.from_checkpoint``, takes the tool settings)."""
     g = import_graph()
-    for name in CORE:
-        reached = _closure(g, f"nws_avalanche.{name}")
-        bad = sorted(m for m in reached if m.split(".")[0] in ("benchmarks", "reports")
-                     or (m.startswith("nws_avalanche.") and m.split(".")[1] in RUN_MACHINERY))
+    core = [m for m in g if package_of(m) in _lib("common", "nets", "storage", "method", "strategies")]
+    core += ["nws_avalanche.pools.pool_set", "nws_avalanche.pools.kmeans", "nws_avalanche.pools.vq_ema"]
+    assert "nws_avalanche.method.layers" in core and "nws_avalanche.strategies.nws" in core
+    for name in core:
+        bad = sorted(m for m in _closure(g, name)
+                     if package_of(m) in _lib(*APPLICATION) + ("benchmarks", "reports"))
         assert bad == [], (name, bad)
 
 
-def test_only_the_runner_and_the_cli_reach_out_to_benchmarks_and_reports():
-    """The package-level edges nws_avalanche -> benchmarks/reports (the reverse edges make the
-    remaining package-level cycle) come from the run machinery and the CLI only."""
-    g = import_graph()
-    out = {m for m, deps in g.items() if m.startswith("nws_avalanche.")
-           and any(d.split(".")[0] in ("benchmarks", "reports", "baselines") for d in deps)}
-    assert out and all(m.split(".")[1] in RUN_MACHINERY for m in out), sorted(out)
+def test_benchmarks_baselines_and_reports_use_the_library_only():
+    pg = package_graph(import_graph())
+    for pkg in ("benchmarks", "baselines", "reports"):
+        into = {p for p in pg[pkg] if p.startswith("nws_avalanche")}
+        assert into and into <= set(_lib(*LIBRARY)), (pkg, sorted(into))
+
+
+def test_only_the_runner_and_the_cli_reach_out_to_benchmarks_reports_and_baselines():
+    pg = package_graph(import_graph())
+    out = {p for p, deps in pg.items()
+           if p.startswith("nws_avalanche") and deps & {"benchmarks", "reports", "baselines"}}
+    assert out == set(_lib("runner", "cli")), sorted(out)

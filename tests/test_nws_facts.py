@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nws_avalanche.artifact import read_nws_task
+from nws_avalanche.method.task_artifact import read_nws_task
 
 
 def test_index_changes_match_the_stored_indices(tiny_runs):

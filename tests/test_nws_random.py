@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
-from nws_avalanche.layers import nws_layers
-from nws_avalanche.models import build_arch
-from nws_avalanche.nwsify import nwsify
-from nws_avalanche.plugin import NWSPlugin
-from nws_avalanche.pools import build_pools_kmeans
+from nws_avalanche.method.layers import nws_layers
+from nws_avalanche.method.nwsify import nwsify
+from nws_avalanche.method.plugin import NWSPlugin
+from nws_avalanche.nets.models import build_arch
+from nws_avalanche.pools.pool_set import build_pools_kmeans
 
 
 def _trained_model():

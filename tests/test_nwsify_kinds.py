@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from nws_avalanche import build_pools_kmeans, nws_layers, nwsify
-from nws_avalanche.errors import ConfigError
+from nws_avalanche.common.errors import ConfigError
 
 
 def _same_as_dense(model: nn.Module, x: torch.Tensor) -> None:
@@ -67,7 +67,7 @@ def test_unconvertible_layers_are_refused_by_name(layer, why):
 
 
 def test_moving_a_layer_moves_its_search():
-    from nws_avalanche.layers import NWSConv2d
+    from nws_avalanche.method.layers import NWSConv2d
 
     m = NWSConv2d(2, 3, 3, torch.randn(8, 9))
     m.to(torch.float64)  # like .to("cuda"): new pool tensor; the searcher must follow it

@@ -10,9 +10,9 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from baselines.packnet import BACKBONE_FILE
-from nws_avalanche.codecs import decode_ints
-from nws_avalanche.container import read_container
-from nws_avalanche.errors import ConfigError
+from nws_avalanche.common.errors import ConfigError
+from nws_avalanche.storage.codecs import decode_ints
+from nws_avalanche.storage.container import read_container
 from benchmarks import to_avalanche
 from tests.baseline_kit import assert_memory_is_files, cli_run, logits, tiny_bench, tiny_strategy
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nws_avalanche import paper_memory as paper
-from nws_avalanche.models import build_arch
+from nws_avalanche.nets.models import build_arch
+from nws_avalanche.storage import paper_memory as paper
 
 
 def test_codes_as_int16_lzma_equal_the_authors_file(tmp_path):
@@ -55,7 +55,7 @@ def test_uint8_masks_one_byte_per_element(tmp_path):
 
 
 def test_report_shows_both_memory_columns(tmp_path):
-    from nws_avalanche.atomic import atomic_write_json
+    from nws_avalanche.common.atomic import atomic_write_json
     from reports.report import write_report
     from tests.test_reports import MIB, fake_result
 

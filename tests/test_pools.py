@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from nws_avalanche.errors import ArtifactError, ConfigError
-from nws_avalanche.kmeans import kmeans, quantisation_error
-from nws_avalanche.models import build_arch
-from nws_avalanche.pools import PoolSet, build_pools_kmeans
+from nws_avalanche.common.errors import ArtifactError, ConfigError
+from nws_avalanche.nets.models import build_arch
+from nws_avalanche.pools.kmeans import kmeans, quantisation_error
+from nws_avalanche.pools.pool_set import PoolSet, build_pools_kmeans
 
 
 def test_kmeans_deterministic_and_better_than_random():

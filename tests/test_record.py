@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from nws_avalanche.codecs import encode_ints
-from nws_avalanche.container import MAGIC
-from nws_avalanche.errors import ArtifactError
-from nws_avalanche.record import F32, Ints, State, read_record, write_record
+from nws_avalanche.common.errors import ArtifactError
+from nws_avalanche.storage.codecs import encode_ints
+from nws_avalanche.storage.container import MAGIC
+from nws_avalanche.storage.record import F32, Ints, State, read_record, write_record
 
 
 def _fields(gen):
@@ -72,7 +72,7 @@ def test_errors_name_the_file_and_the_field(tmp_path):
 
 
 def test_unknown_format_is_refused(tmp_path):
-    from nws_avalanche.container import write_container
+    from nws_avalanche.storage.container import write_container
     write_container(tmp_path / "r", {"kind": "demo", "format": 9}, {})
     with pytest.raises(ArtifactError, match=r"format 9 unsupported \(expected 1\)"):
         read_record(tmp_path / "r", "demo")

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nws_avalanche.layers import NWSConv2d, NWSLinear, commitment_loss
-from nws_avalanche.search import SEARCHES
+from nws_avalanche.method.layers import NWSConv2d, NWSLinear, commitment_loss
+from nws_avalanche.method.search import SEARCHES
 
 BETA, LR, STEPS = 0.5, 0.2, 10
 

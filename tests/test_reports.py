@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from nws_avalanche.atomic import atomic_write_json
+from nws_avalanche.common.atomic import atomic_write_json
 
 MIB = float(1 << 20)
 
@@ -132,7 +132,7 @@ def test_pool_utilisation_is_fraction_of_used_entries(results_dir):
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):
-    from nws_avalanche.errors import NWSError
+    from nws_avalanche.common.errors import NWSError
     from reports.report import write_report
 
     (tmp_path / "empty").mkdir()

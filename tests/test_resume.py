@@ -18,7 +18,7 @@ TIMING = ("train_seconds",)
 
 
 def tiny(**fixed):
-    from nws_avalanche.config import build_config
+    from nws_avalanche.config.run_config import build_config
 
     return build_config([], TINY, **fixed)
 
@@ -45,7 +45,7 @@ def files(run):
 @pytest.fixture(scope="module")
 def assist(tmp_path_factory):
     """Pretrained network and pools, built once and shared by the runs below (copied per out dir)."""
-    from nws_avalanche.runner import run_single
+    from nws_avalanche.runner.run import run_single
 
     out = tmp_path_factory.mktemp("ref")
     ref = {m: run_single(tiny(method=m), out, progress=False) for m in ("nws", "finetune")}
@@ -65,10 +65,10 @@ def _copy_assist(src, dst):
                                          ("gem", ["gem.patterns_per_experience=16"]),
                                          ("agem", ["agem.patterns_per_experience=16", "agem.sample_size=8"])])
 def test_interrupted_then_resumed_equals_uninterrupted(assist, tmp_path, method, sets):
-    from nws_avalanche.config import build_config
-    from nws_avalanche.errors import ArtifactError
-    from nws_avalanche.runner import run_dir, run_single
-    from nws_avalanche.runstatus import read_status
+    from nws_avalanche.common.errors import ArtifactError
+    from nws_avalanche.config.run_config import build_config
+    from nws_avalanche.runner.run import run_dir, run_single
+    from nws_avalanche.runner.status_file import read_status
 
     ref_out, ref = assist
     cfg = build_config([], TINY + sets, method=method)
@@ -111,7 +111,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(assist, tmp_path, method,
 
 
 def test_finished_run_is_skipped(assist, tmp_path):
-    from nws_avalanche.runner import run_single
+    from nws_avalanche.runner.run import run_single
 
     ref_out, ref = assist
     calls = []
@@ -120,8 +120,8 @@ def test_finished_run_is_skipped(assist, tmp_path):
 
 
 def test_other_config_is_refused_unless_overwrite(assist, tmp_path):
-    from nws_avalanche.errors import ConfigError
-    from nws_avalanche.runner import run_dir, run_single
+    from nws_avalanche.common.errors import ConfigError
+    from nws_avalanche.runner.run import run_dir, run_single
 
     ref_out, _ = assist
     out = tmp_path / "o"

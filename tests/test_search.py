@@ -1,6 +1,6 @@
 import torch
 
-from nws_avalanche.search import ExactSearch, exact_rows, nearest
+from nws_avalanche.method.search import ExactSearch, exact_rows, nearest
 
 
 def test_nearest_matches_brute_force_random():

@@ -3,12 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nws_avalanche import kernels
-from nws_avalanche.layers import NWSConv2d, commitment_loss, nws_layers
-from nws_avalanche.models import build_arch
-from nws_avalanche.nwsify import nwsify
-from nws_avalanche.perf import sample_pools
-from nws_avalanche.search import SEARCHES, IncrementalSearch, exact_rows
+from nws_avalanche.method import cpu_loops
+from nws_avalanche.method.layers import NWSConv2d, commitment_loss, nws_layers
+from nws_avalanche.method.nwsify import nwsify
+from nws_avalanche.method.search import SEARCHES, IncrementalSearch, exact_rows
+from nws_avalanche.nets.models import build_arch
+from nws_avalanche.speed.perf_measure import sample_pools
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -17,11 +17,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(params=["numba", "torch"], autouse=True)
 def kernel_path(request):
     """Every test runs on the fused CPU kernels and on the torch path (the one GPUs take)."""
-    old = kernels.set_enabled(request.param == "numba")
-    if request.param == "numba" and not kernels.enabled():
+    old = cpu_loops.set_enabled(request.param == "numba")
+    if request.param == "numba" and not cpu_loops.enabled():
         pytest.skip("numba is not importable here")
     yield request.param
-    kernels.set_enabled(old)
+    cpu_loops.set_enabled(old)
 
 
 def _with_duplicates(pool: torch.Tensor, seed: int) -> torch.Tensor:
@@ -144,7 +144,7 @@ def test_non_finite_weights_are_searched_every_time():
 def test_straight_through_kernel_is_bit_identical_to_the_unfused_expression():
     """w + sg(q - w) and the gradient g - (c / N)(2 (q - w)) equal eager autograd's for the authors'
     commitment ``(sg(q) - w).pow(2).mean()``, on either path."""
-    from nws_avalanche.layers import _StraightThrough
+    from nws_avalanche.method.layers import _StraightThrough
     g = torch.Generator().manual_seed(2)
     for trial in range(6):
         n = 500 + 37 * trial
@@ -169,7 +169,7 @@ def _child_search(conn):
     s = IncrementalSearch(pool)
     s(w)
     a = torch.randn(3_000_000)
-    out, _ = kernels.ste_forward(a, a)  # big: needs the helper thread, which the fork did not copy
+    out, _ = cpu_loops.ste_forward(a, a)  # big: needs the helper thread, which the fork did not copy
     conn.send(bool(torch.equal(s(w + 0.05), exact_rows(w + 0.05, pool)) and torch.equal(out, a)))
 
 
@@ -178,7 +178,7 @@ def test_kernels_survive_fork(kernel_path):
     import multiprocessing as mp
     torch.set_num_threads(2)  # big passes run on the helper thread before the fork
     a = torch.randn(3_000_000)
-    kernels.ste_forward(a, a)
+    cpu_loops.ste_forward(a, a)
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
     p = ctx.Process(target=_child_search, args=(child,))
@@ -191,7 +191,7 @@ def test_kernels_survive_fork(kernel_path):
 
 def test_pools_too_large_for_a_distance_table_stay_exact(monkeypatch):
     """Above _GAP_TABLE_MAX rows the Voronoi faces are bounded by the triangle inequality."""
-    from nws_avalanche import search
+    from nws_avalanche.method import search
     monkeypatch.setattr(search, "_GAP_TABLE_MAX", 4)
     g = torch.Generator().manual_seed(7)
     for d, K in [(9, 40), (9, 6)]:

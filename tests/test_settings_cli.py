@@ -76,7 +76,7 @@ def _parsed(argv):
 
 
 def test_flag_set_and_config_name_the_same_setting(tmp_path):
-    from nws_avalanche.settings import KMeansSettings, settings_from_args
+    from nws_avalanche.config.tool_settings import KMeansSettings, settings_from_args
 
     base = ["build-pools", "--from-checkpoint", "x.pt", "--arch", "resnet-tiny", "--out", "p.nwsp"]
     cfg = tmp_path / "k.yaml"
@@ -94,8 +94,8 @@ def test_flag_set_and_config_name_the_same_setting(tmp_path):
 def test_pool_settings_are_declared_once():
     from dataclasses import fields
 
-    from nws_avalanche.config import POOL_DEFAULTS, PoolSettings, RunConfig
-    from nws_avalanche.settings import KMeansSettings, PerfConfig, PretrainConfig
+    from nws_avalanche.config.run_config import POOL_DEFAULTS, PoolSettings, RunConfig
+    from nws_avalanche.config.tool_settings import KMeansSettings, PerfConfig, PretrainConfig
 
     shared = {f.name for f in fields(PoolSettings)}
     assert shared == {"pool_size", "beta", "group_size"}
@@ -107,8 +107,8 @@ def test_pool_settings_are_declared_once():
 
 def test_method_options_are_resolved_once_per_run(monkeypatch):
     """expand_grid resolves each run's options once; the runner and the factory reuse them."""
-    from nws_avalanche import config, runner
-    from nws_avalanche.sweep import expand_grid
+    from nws_avalanche.config import run_config as config, runner
+    from nws_avalanche.runner.sweep import expand_grid
 
     calls = []
     real = config.method_options
@@ -137,7 +137,7 @@ def _strip(x):
 def test_running_from_config_yaml_reproduces_the_run(tiny_runs, tmp_path, capsys):
     import yaml
 
-    from nws_avalanche.config import RunConfig
+    from nws_avalanche.config.run_config import RunConfig
 
     out, res = tiny_runs
     rdir = out / "split-digits" / "nws" / "seed0"

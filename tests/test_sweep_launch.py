@@ -16,7 +16,7 @@ TINY = ["arch=resnet-tiny", "epochs=1", "pretrain_epochs=1", "pool_size=8", "ben
 
 
 def grid(extra=(), sweeps=("lr=0.01,0.02",), seeds=(0, 1), methods=("finetune",)):
-    from nws_avalanche.sweep import expand_grid
+    from nws_avalanche.runner.sweep import expand_grid
 
     return expand_grid([], TINY + list(extra), list(methods), ["split-digits"], list(seeds), list(sweeps))
 
@@ -39,15 +39,15 @@ def test_sweep_expands_per_point_and_skips_other_methods_options(tmp_path):
                                      (["lr=0.1", "lr=0.2"], "given twice"), (["lr=0.1,0.1"], "repeated value"),
                                      (["nope=1,2"], "neither a config key|unknown config key")])
 def test_bad_sweeps_are_clear_errors(bad, msg):
-    from nws_avalanche.errors import ConfigError
+    from nws_avalanche.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match=msg):
         grid(sweeps=bad)
 
 
 def test_local_executor_runs_a_2x2_grid_and_status_lists_it(tmp_path, capsys):
-    from nws_avalanche.commands.status import collect
-    from nws_avalanche.launch import launch
+    from nws_avalanche.cli.status import collect
+    from nws_avalanche.runner.launch import launch
     from reports.load import load_results
     from reports.tables import accuracy_stats
 
@@ -69,9 +69,9 @@ def test_local_executor_runs_a_2x2_grid_and_status_lists_it(tmp_path, capsys):
 
 
 def test_status_shows_failures_last_lines(tmp_path, capsys):
-    from nws_avalanche.atomic import atomic_write_text
     from nws_avalanche.cli import main
-    from nws_avalanche.runstatus import write_status
+    from nws_avalanche.common.atomic import atomic_write_text
+    from nws_avalanche.runner.status_file import write_status
 
     ok, bad = tmp_path / "b" / "m" / "seed0", tmp_path / "b" / "m" / "seed1"
     for d in (ok, bad):
@@ -87,9 +87,9 @@ def test_status_shows_failures_last_lines(tmp_path, capsys):
 def test_status_marks_a_killed_run_as_died(tmp_path, monkeypatch):
     import subprocess
 
-    from nws_avalanche.atomic import atomic_write_text
-    from nws_avalanche.commands import status
-    from nws_avalanche.runstatus import write_status
+    from nws_avalanche.cli import status
+    from nws_avalanche.common.atomic import atomic_write_text
+    from nws_avalanche.runner.status_file import write_status
 
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -115,7 +115,7 @@ def _fake_sbatch(tmp_path, monkeypatch):
 
 
 def test_slurm_submits_the_same_jobs_as_one_array(tmp_path, monkeypatch):
-    from nws_avalanche.launch import RunJob, SlurmOptions, launch, sbatch_script
+    from nws_avalanche.runner.launch import RunJob, SlurmOptions, launch, sbatch_script
 
     _fake_sbatch(tmp_path, monkeypatch)
     specs = grid(extra=["slurm.partition=gpu", "slurm.time_min=90", "slurm.gpus_per_node=1",
@@ -155,8 +155,8 @@ def test_slurm_without_sbatch_is_a_clear_error_but_dry_run_works(tmp_path, monke
 
 
 def test_unknown_slurm_option_is_refused():
-    from nws_avalanche.errors import ConfigError
-    from nws_avalanche.launch import SlurmOptions
+    from nws_avalanche.common.errors import ConfigError
+    from nws_avalanche.runner.launch import SlurmOptions
 
     with pytest.raises(ConfigError, match="unknown slurm option.*partiton"):
         SlurmOptions.from_config({"partiton": "gpu"})

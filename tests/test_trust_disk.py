@@ -19,7 +19,7 @@ TINY = ["arch=resnet-tiny", "epochs=1", "pretrain_epochs=1", "pool_size=8", "ben
 
 
 def cfg_for(method, *sets):
-    from nws_avalanche.config import build_config
+    from nws_avalanche.config.run_config import build_config
 
     return build_config([], [*TINY, *sets], method=method)
 
@@ -51,7 +51,7 @@ def stop_after_first(t, acc, strategy):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished NWS run and an NWS run stopped after its first task, sharing one _assist cache."""
-    from nws_avalanche.runner import run_dir, run_single
+    from nws_avalanche.runner.run import run_dir, run_single
 
     out = tmp_path_factory.mktemp("trust")
     full = run_single(cfg_for("nws"), out / "full", progress=False)
@@ -68,7 +68,7 @@ def copy_out(src, tmp_path):
 
 
 def test_crafted_checkpoint_runs_no_code(finished, tmp_path, capsys):
-    from nws_avalanche.runner import run_dir
+    from nws_avalanche.runner.run import run_dir
 
     out = copy_out(finished[0] / "cut", tmp_path)
     rdir = run_dir(out, cfg_for("nws"))
@@ -87,7 +87,7 @@ def test_crafted_checkpoint_runs_no_code(finished, tmp_path, capsys):
 
 
 def test_checkpoint_without_strategy_then_deleted_as_advised(finished, tmp_path, capsys):
-    from nws_avalanche.runner import run_dir, run_single
+    from nws_avalanche.runner.run import run_dir, run_single
 
     out = copy_out(finished[0] / "cut", tmp_path)
     rdir = run_dir(out, cfg_for("nws"))
@@ -130,7 +130,7 @@ def test_flipped_byte_in_a_cached_file_stops_the_next_run(finished, tmp_path, ca
 @pytest.mark.parametrize("name, damage", [("task001.nwst", "truncate"), ("pools.nwsp", "flip")])
 def test_damaged_artifact_of_a_finished_run(finished, tmp_path, capsys, name, damage):
     from nws_avalanche.cli import main
-    from nws_avalanche.runner import run_dir
+    from nws_avalanche.runner.run import run_dir
 
     out = copy_out(finished[0] / "full", tmp_path)
     rdir = run_dir(out, cfg_for("nws"))
@@ -162,11 +162,11 @@ def test_damaged_artifact_of_a_finished_run(finished, tmp_path, capsys, name, da
 def test_evaluation_reads_the_pool_file_in_artifacts(finished, tmp_path):
     """The run folder's pools.nwsp is what rebuilds a task, not the _assist cache it was copied from."""
     from benchmarks import build_benchmark
-    from nws_avalanche.assets import prepare_assets
-    from nws_avalanche.errors import ArtifactError
-    from nws_avalanche.factory import build_strategy
-    from nws_avalanche.methods import load_all
-    from nws_avalanche.pools import PoolSet
+    from nws_avalanche.common.errors import ArtifactError
+    from nws_avalanche.pools.pool_set import PoolSet
+    from nws_avalanche.pools.pretrained import prepare_assets
+    from nws_avalanche.runner.factory import build_strategy
+    from nws_avalanche.strategies.methods import load_all
 
     out = copy_out(finished[0] / "full", tmp_path)
     art = finished[2].relative_to(finished[0] / "full")
@@ -187,9 +187,9 @@ def test_evaluation_reads_the_pool_file_in_artifacts(finished, tmp_path):
 
 def test_shared_pretrained_file_is_checked_against_its_sidecar(tmp_path):
     """``pretrain-pools`` writes ``pretrained.pt.sha256`` beside its torchvision-format output."""
-    from nws_avalanche.assets import load_torchvision_state, write_sha256_sidecar
-    from nws_avalanche.errors import ArtifactError
-    from nws_avalanche.models import build_arch
+    from nws_avalanche.common.errors import ArtifactError
+    from nws_avalanche.nets.models import build_arch
+    from nws_avalanche.pools.pretrained import load_torchvision_state, write_sha256_sidecar
 
     path = tmp_path / "pretrained.pt"
     torch.save(build_arch("resnet-tiny", 3, in_channels=1).state_dict(), path)
@@ -206,7 +206,7 @@ def test_shared_pretrained_file_is_checked_against_its_sidecar(tmp_path):
 def test_middle_task_deleted_retrains_from_there(finished, tmp_path):
     """5 tasks, PackNet (state carried across tasks in the shared backbone): task 2's file deleted
     from the finished run -> tasks 2..4 retrained from task 1's state, same results and bytes."""
-    from nws_avalanche.runner import run_dir, run_single
+    from nws_avalanche.runner.run import run_dir, run_single
 
     out = tmp_path / "out"
     shutil.copytree(finished[0] / "full" / "split-digits" / "_assist", out / "split-digits" / "_assist")
@@ -223,7 +223,7 @@ def test_middle_task_deleted_retrains_from_there(finished, tmp_path):
 
 
 def test_unreadable_results_json_is_rebuilt_as_advised(finished, tmp_path, capsys):
-    from nws_avalanche.runner import run_dir
+    from nws_avalanche.runner.run import run_dir
 
     out = copy_out(finished[0] / "full", tmp_path)
     rdir = run_dir(out, cfg_for("nws"))

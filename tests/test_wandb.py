@@ -17,14 +17,14 @@ TINY = ["arch=resnet-tiny", "epochs=1", "pretrain_epochs=1", "pool_size=8", "ben
 
 
 def tiny(*sets, **fixed):
-    from nws_avalanche.config import build_config
+    from nws_avalanche.config.run_config import build_config
 
     return build_config([], TINY + list(sets), **fixed)
 
 
 def test_mode_resolution(monkeypatch):
-    from nws_avalanche.errors import ConfigError
-    from nws_avalanche.wandb_log import wandb_mode
+    from nws_avalanche.common.errors import ConfigError
+    from nws_avalanche.runner.wandb_log import wandb_mode
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert wandb_mode(tiny()) == "disabled"  # default: nothing configured
@@ -38,9 +38,9 @@ def test_mode_resolution(monkeypatch):
 
 
 def test_offline_run_holds_metrics_tables_images(tmp_path, monkeypatch):
-    from nws_avalanche.launch import RunJob
-    from nws_avalanche.sweep import RunSpec
-    from nws_avalanche.wandb_log import read_wandb_records
+    from nws_avalanche.runner.launch import RunJob
+    from nws_avalanche.runner.sweep import RunSpec
+    from nws_avalanche.runner.wandb_log import read_wandb_records
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = tiny(f"wandb.dir={tmp_path / 'wb'}", "wandb.mode=offline", "wandb.project=test", method="nws")
@@ -88,8 +88,8 @@ def _complete_records(path, read):
 def test_unreachable_wandb_warns_and_run_continues(tmp_path, monkeypatch):
     import wandb
 
-    from nws_avalanche.runner import run_dir, run_single
-    from nws_avalanche.wandb_log import wandb_callbacks
+    from nws_avalanche.runner.run import run_dir, run_single
+    from nws_avalanche.runner.wandb_log import wandb_callbacks
 
     def refuse(*a, **k):
         raise wandb.errors.CommError("could not reach api.wandb.ai")

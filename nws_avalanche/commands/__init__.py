@@ -1,1 +1,0 @@
-"""One module per ``nws-bench`` subcommand; each calls ``cli.command(name, help)``."""

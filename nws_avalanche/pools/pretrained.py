@@ -1,0 +1,199 @@
+"""The assets a run starts from: the pretrained network and the kernel pools.
+
+The pretrained network is a torchvision-format state_dict given by ``pretrained`` (a file, or
+``imagenet``: torchvision's weights for the arch, see ``hub``), or trained on
+the benchmark's pretrain split when it has one (split-digits), or random (``pretrained: random``,
+for smoke tests). Pools come from ``pool_file`` (validated against the architecture) or are built
+by k-means from the pretrained network. Both are cached under ``<out>/<benchmark>/_assist/`` so
+every method and rerun of a benchmark starts from the same bytes. Both cached files are checksummed
+containers (``pretrained-*.nwsw``, ``pools-*.nwsp``) verified on every load: a corrupted cache stops
+the run (exit 2) naming the file, never changes results silently.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from ..common.atomic import atomic_write_text
+from ..common.errors import ArtifactError, ConfigError
+from ..common.feedback import Steps
+from ..method.grouping import group_sizes_for
+from ..nets.models import build_arch
+from ..storage.container import file_sha256, pack_state, read_container, unpack_state, write_container
+from .hub import resolve_pretrained
+from .pool_set import PoolSet, build_pools_kmeans, layer_specs
+
+
+@dataclass
+class Assets:
+    arch: str
+    in_channels: int
+    pretrained_state: dict[str, torch.Tensor]
+    pretrained_classes: int
+    pools: PoolSet | None
+    pool_path: Path | None
+
+    def pretrained_model(self) -> nn.Module:
+        m = build_arch(self.arch, self.pretrained_classes, self.in_channels)
+        m.load_state_dict(self.pretrained_state)
+        return m
+
+
+PRETRAINED_SUFFIX = "nwsw"  # a checksummed container (container.py), not a pickle
+PRETRAINED_FORMAT = 1
+
+
+def _key(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def write_sha256_sidecar(path: Path) -> Path:
+    """``<file>.sha256`` beside a shared torchvision-format file (which has no room for a checksum)."""
+    path = Path(path)
+    return atomic_write_text(path.with_name(path.name + ".sha256"), f"{file_sha256(path)}  {path.name}\n")
+
+
+def check_sha256_sidecar(path: Path) -> None:
+    """If ``<file>.sha256`` exists (``pretrain-pools`` writes one), the file must match it."""
+    side = Path(path).with_name(Path(path).name + ".sha256")
+    if side.is_file() and side.read_text().split()[:1] != [file_sha256(Path(path))]:
+        raise ArtifactError(f"{path}: its sha256 differs from {side} (corrupted or replaced); rebuild it with "
+                            f"the command that wrote it (nws-bench pretrain-pools), or delete {side.name} if "
+                            f"the file was replaced on purpose")
+
+
+def load_torchvision_state(path: str, model: nn.Module) -> tuple[dict, int]:
+    """Load a state_dict (torchvision naming) into ``model``'s architecture; returns (state, classes)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"pretrained checkpoint {p} not found; give a torchvision-format state_dict file")
+    check_sha256_sidecar(p)
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = adapt_torchvision_keys(state, model)
+    state.pop("fc.bias", None)  # the paper's head has no bias
+    own = model.state_dict()
+    bad = [k for k in own if k != "fc.weight" and (k not in state or state[k].shape != own[k].shape)]
+    if bad:
+        raise ConfigError(f"{p} does not fit the architecture: first mismatching entry {bad[0]!r}")
+    if "fc.weight" not in state:  # e.g. VGG-16, whose three FC layers are not ours: a 1-class head
+        state["fc.weight"] = own["fc.weight"][:1].clone()
+    return state, state["fc.weight"].shape[0]
+
+
+def adapt_torchvision_keys(state: dict, model: nn.Module) -> dict:
+    """Apply the architecture's renames (``state_renames``, prefix -> prefix) and drop the entries
+    it does not use (``state_drop_prefixes``), e.g. MobileNet-V2's ``classifier.1.`` -> ``fc.``."""
+    renames = getattr(model, "state_renames", {})
+    drops = tuple(getattr(model, "state_drop_prefixes", ()))
+    out = {}
+    for k, v in state.items():
+        if drops and k.startswith(drops):
+            continue
+        for old, new in renames.items():
+            if k.startswith(old):
+                k = new + k[len(old):]
+                break
+        out[k] = v
+    return out
+
+
+def pretrain_network(cfg, bench, progress: bool | None = None) -> tuple[dict, int]:
+    torch.manual_seed(cfg.seed)
+    model = build_arch(cfg.arch, bench.pretrain_classes, bench.in_channels)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.pretrain_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.pretrain_epochs)
+    loader = DataLoader(bench.pretrain, batch_size=64, shuffle=True)
+    model.train()
+    steps = Steps(f"pretraining {cfg.arch} on {bench.name}: epoch", cfg.pretrain_epochs, progress)
+    for _ in range(cfg.pretrain_epochs):
+        total = n = 0
+        for x, y in loader:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            total, n = total + float(loss.detach()) * len(y), n + len(y)
+        sched.step()
+        steps.step(f"loss {total / max(n, 1):.4f}")
+    steps.close()
+    return model.state_dict(), bench.pretrain_classes
+
+
+def save_cached_pretrained(path: Path, state: dict[str, torch.Tensor], classes: int) -> Path:
+    metas, blobs = pack_state(state, prefix="state/")
+    return write_container(path, {"kind": "pretrained", "format": PRETRAINED_FORMAT, "classes": int(classes),
+                                  "state": metas}, blobs)
+
+
+def load_cached_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """The cached pretrained network, its checksum checked (a flipped byte is refused, not used)."""
+    fix = (f"delete {path} and rerun: the run rebuilds it (pretraining again, or from the random seed); "
+           f"runs that finished with the old file keep their results")
+    try:
+        header, blobs = read_container(path)
+    except ArtifactError as e:
+        raise ArtifactError(f"{str(e).split('; re-create it')[0]}; {fix}") from None
+    if header.get("kind") != "pretrained" or header.get("format") != PRETRAINED_FORMAT:
+        raise ArtifactError(f"{path}: not a cached pretrained network of format {PRETRAINED_FORMAT}; {fix}")
+    return unpack_state(header["state"], blobs, "state/"), int(header["classes"])
+
+
+def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: bool | None = None) -> Assets:
+    cache_root = Path(cache_root)
+    cfg = replace(cfg, pretrained=resolve_pretrained(cfg.pretrained, cfg.arch))  # imagenet -> cached file
+    if cfg.pretrained and cfg.pretrained != "random":
+        state, classes = load_torchvision_state(cfg.pretrained, build_arch(cfg.arch, 1, bench.in_channels))
+        # keyed on the content: a changed file never reuses pools built from the old one
+        pre_key = {"file": str(Path(cfg.pretrained).resolve()), "sha256": file_sha256(Path(cfg.pretrained))}
+    else:
+        pre_key = {"arch": cfg.arch, "seed": cfg.seed, "in": bench.in_channels,
+                   "mode": cfg.pretrained or "pretrain", "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr}
+        path = cache_root / f"pretrained-{_key({**pre_key, 'bench': bench.name})}.{PRETRAINED_SUFFIX}"
+        if path.is_file():
+            state, classes = load_cached_pretrained(path)
+        else:
+            if cfg.pretrained == "random":
+                torch.manual_seed(cfg.seed)
+                classes = max(bench.pretrain_classes, 2)
+                state = build_arch(cfg.arch, classes, bench.in_channels).state_dict()
+            elif bench.pretrain is not None:
+                state, classes = pretrain_network(cfg, bench, progress)
+            else:
+                raise ConfigError(
+                    f"benchmark {bench.name!r} has no pretraining data: give a pretrained network "
+                    f"(--set pretrained=FILE, a torchvision-format state_dict for {cfg.arch}), "
+                    f"or --set pretrained=random for a smoke test")
+            save_cached_pretrained(path, state, classes)
+    pools = pool_path = None
+    if need_pools:
+        model = build_arch(cfg.arch, classes, bench.in_channels)
+        model.load_state_dict(state, strict=False)
+        if cfg.pool_file:
+            pool_path = Path(cfg.pool_file)
+            pools = PoolSet.load(pool_path)
+            pools.check_model(model, source=str(pool_path), group_sizes=group_sizes_for(model, cfg.group_size))
+        else:
+            key = _key({**pre_key, "bench": bench.name, "K": cfg.pool_size, "it": cfg.kmeans_iters,
+                        "gs": cfg.group_size, "seed": cfg.seed})
+            pool_path = cache_root / f"pools-{key}.nwsp"
+            if pool_path.is_file():
+                pools = PoolSet.load(pool_path)
+            else:
+                group_sizes = group_sizes_for(model, cfg.group_size)
+                steps = Steps(f"k-means pools (K={cfg.pool_size}): layer",
+                              len(layer_specs(model, True, group_sizes)), progress)
+                pools = build_pools_kmeans(model, cfg.arch, cfg.pool_size, seed=cfg.seed, iters=cfg.kmeans_iters,
+                                           group_sizes=group_sizes,
+                                           progress=lambda name: steps.step(name))
+                steps.close()
+                pools.save(pool_path)
+    return Assets(cfg.arch, bench.in_channels, state, classes, pools, pool_path)
