@@ -242,3 +242,20 @@ def test_only_the_runner_and_the_cli_reach_out_to_benchmarks_reports_and_baselin
     out = {p for p, deps in pg.items()
            if p.startswith("nws_avalanche") and deps & {"benchmarks", "reports", "baselines"}}
     assert out == set(_lib("runner", "cli")), sorted(out)
+
+
+def test_readme_folder_map_lists_every_module_of_every_package():
+    import re
+
+    rows = [r for r in (ROOT / "README.md").read_text().splitlines() if r.startswith("| `nws_avalanche/")]
+    mapped = {}
+    for r in rows:
+        folder, what = re.match(r"\| `(nws_avalanche/[a-z_/]*)` \| (.*) \|$", r).groups()
+        mapped[folder.rstrip("/")] = set(re.findall(r"`([a-z_]+\.py)`", what))
+    for folder in mapped:
+        if folder != "nws_avalanche":
+            mapped[folder].discard("__init__.py")
+    tree = {str(d.relative_to(ROOT)): {p.name for p in d.glob("*.py")} - {"__init__.py"}
+            for d in [ROOT / "nws_avalanche", *(p.parent for p in (ROOT / "nws_avalanche").glob("*/__init__.py"))]}
+    tree["nws_avalanche"] |= {"__init__.py"}
+    assert mapped == tree

@@ -1,7 +1,7 @@
 """Typed settings of the tool subcommands (``pretrain-pools``, ``build-pools``, ``perf``) and the
 one way the command line fills them.
 
-``PoolSettings`` (``config``) declares the pool and NWS-loss settings once (``pool_size``, ``beta``,
+``PoolSettings`` (``run_config``) declares the pool and NWS-loss settings once (``pool_size``, ``beta``,
 ``group_size``, their defaults and ranges); the subcommands' settings extend it and ``RunConfig``
 takes its defaults and checks from it, so a setting has one name and one meaning everywhere.
 

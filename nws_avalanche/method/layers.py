@@ -27,7 +27,7 @@ class _StraightThrough(torch.autograd.Function):
 
     Autograd would keep a chain of weight-sized temporaries (difference, square, expanded
     gradients, negation, accumulation); this saves nothing new (``w`` and ``q`` exist anyway)
-    and, on CPU, makes one fused pass each way (``kernels``). Forward values and the gradient
+    and, on CPU, makes one fused pass each way (``cpu_loops``). Forward values and the gradient
     ``g - (c / N) (2 (q - w))`` (``N`` = number of weights) are bit-identical to the unfused expression (scaling by 2 and
     negating are exact); only the commitment *value* is summed in another order.
     """

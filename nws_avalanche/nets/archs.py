@@ -1,7 +1,7 @@
 """The appendix's other backbones (ResNet-34, MobileNet-V2, VGG-16), registered in ``models.ARCHS``.
 
 All keep torchvision's parameter names, so torchvision state_dicts load (see
-``assets.load_torchvision_state``); the task head is always the bias-free Linear ``fc``.
+``pools.pretrained.load_torchvision_state``); the task head is always the bias-free Linear ``fc``.
 
 - ``resnet34``: the paper's ResNet layout (7x7 stride-2 stem, no max-pool) with [3, 4, 6, 3]
   BasicBlocks; names as torchvision's ``resnet34``.

@@ -7,7 +7,7 @@ kept where torchvision keeps them: ``<torch hub dir>/checkpoints/<file>`` (``$TO
 checked); offline, the cached file is read. With neither, the error names the file, its URL
 and the folder to put it in. The file is read with ``weights_only=True`` (no code runs).
 
-How torchvision's networks map onto ours (``assets.load_torchvision_state``): the ResNets have
+How torchvision's networks map onto ours (``pools.pretrained.load_torchvision_state``): the ResNets have
 the same parameter names. Ours, like the paper's, has no max-pool after the stem; it has no
 parameters, so every weight loads, but later layers see maps at twice torchvision's resolution.
 The ImageNet classifier loads as a 1000-way head without its ``fc.bias`` (ours is bias-free;

@@ -4,7 +4,7 @@
 head, its optimiser, and calls the registered method's constructor with plain arguments (the
 Avalanche way: ``Method(model, optimizer, criterion, train_mb_size=..., ..., options=...)``);
 strategies never see the run config. ``options`` are the typed method options that
-``runner.resolve_run`` built; without them (a library caller) they are built here from ``cfg``.
+``runner.run.resolve_run`` built; without them (a library caller) they are built here from ``cfg``.
 """
 from __future__ import annotations
 

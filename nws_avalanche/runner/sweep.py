@@ -21,7 +21,7 @@ from ..config.run_config import FIELD_NAMES, RunConfig, build_config, parse_set
 
 @dataclass
 class RunSpec:
-    """One run: its resolved config (``runner.resolve_run``: the full tree), its typed method
+    """One run: its resolved config (``runner.run.resolve_run``: the full tree), its typed method
     options (None: the method takes none) and the sweep point (``{}`` outside a sweep).
     ``resolved``: False for a spec made by hand; the runner then resolves ``cfg`` itself."""
     cfg: RunConfig
@@ -85,7 +85,7 @@ def _applies_to(key: str, method: str) -> bool:
 def expand_grid(configs: list[str], sets: list[str], methods: list[str], benchmarks: list[str],
                 seeds: list[int] | None, sweeps: list[str] = (), data_root: str | None = None) -> list[RunSpec]:
     """Every (benchmark, method, sweep point, seed) as a ``RunSpec`` resolved once
-    (``runner.resolve_run``): config built once per grid point, every name and option checked."""
+    (``runner.run.resolve_run``): config built once per grid point, every name and option checked."""
     from .run import resolve_run
 
     axes = parse_sweeps(list(sweeps))
