@@ -107,7 +107,8 @@ def test_pool_settings_are_declared_once():
 
 def test_method_options_are_resolved_once_per_run(monkeypatch):
     """expand_grid resolves each run's options once; the runner and the factory reuse them."""
-    from nws_avalanche.config import run_config as config, runner
+    from nws_avalanche.config import run_config as config
+    from nws_avalanche.runner import run as runner
     from nws_avalanche.runner.sweep import expand_grid
 
     calls = []
