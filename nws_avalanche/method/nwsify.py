@@ -83,13 +83,14 @@ def convertible_layers(model: nn.Module, include_head: bool = True) -> list[tupl
     return out
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted ``name`` in ``model`` (container children included)."""
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     if isinstance(parent, (nn.ModuleDict, nn.Sequential, nn.ModuleList)):
-        parent._modules[attr] = new
+        parent._modules[attr] = module
     else:
-        setattr(parent, attr, new)
+        setattr(parent, attr, module)
 
 
 def make_nws_layer(m: nn.Module, pool: torch.Tensor, group_size: int = 1,
@@ -152,5 +153,5 @@ def nwsify(model: nn.Module, pools, include_head: bool = True,
         if table.dim() != 2 or table.shape[1] != expected:
             raise ConfigError(f"the pool of layer {name!r} is {list(table.shape)}, the layer needs [K, {expected}]"
                               f" (group size {gs}); build pools for this model (build_pools_kmeans)")
-        _swap(model, name, make_nws_layer(m, table.to(m.weight.device), gs, search_factory, search_now))
+        set_module(model, name, make_nws_layer(m, table.to(m.weight.device), gs, search_factory, search_now))
     return model

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 
 from .layers import NWSConv2d, commitment_loss, nws_layers
-from .nwsify import convertible_layers, nwsify
-from .task_state import PerTaskEval, set_module, compact_indices, load_state, resized_head
+from .nwsify import convertible_layers, nwsify, set_module
+from .task_state import PerTaskEval, compact_indices, load_state, resized_head
 
 INITS = ("previous", "pretrained", "random")
 

@@ -28,6 +28,8 @@ import torch.nn as nn
 from avalanche.core import SupervisedPlugin
 from avalanche.models.utils import avalanche_forward
 
+from .nwsify import set_module
+
 
 def compact_indices(idx: torch.Tensor, pool_size: int) -> torch.Tensor:
     """The smallest integer dtype that holds indices below ``pool_size`` (uint8/int16/int32)."""
@@ -188,15 +190,6 @@ def restore_modules(model: nn.Module, replaced: dict[str, nn.Module]) -> None:
     for name, module in replaced.items():
         set_module(model, name, module)
     replaced.clear()
-
-
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if isinstance(parent, (nn.ModuleDict, nn.Sequential, nn.ModuleList)):
-        parent._modules[attr] = module
-    else:
-        setattr(parent, attr, module)
 
 
 class StrategyTaskState(PerTaskEval):
