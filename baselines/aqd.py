@@ -237,12 +237,13 @@ class AQD(TaskIncrementalStrategy):
     name = "aqd"
     Options = AQDOptions
 
-    def __init__(self, model, optimizer, criterion=None, *, options: AQDOptions | None = None,
+    def __init__(self, *, model, optimizer, criterion=None, options: AQDOptions | None = None,
                  pretrained_state=None, **kw):
         opts = options or AQDOptions()
         pretrained_state = pretrained_state if pretrained_state is not None else state_copy(model)
         quantize_model(model, opts)
-        super().__init__(model, optimizer, criterion, options=opts, pretrained_state=pretrained_state, **kw)
+        super().__init__(model=model, optimizer=optimizer, criterion=criterion, options=opts,
+                         pretrained_state=pretrained_state, **kw)
 
     def prepare_task(self, t, num_classes):
         if t > 0:  # an independent network per task: back to the pretrained weights

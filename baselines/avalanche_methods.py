@@ -207,7 +207,7 @@ class LiveNetworkEval(PerTaskEval):
 class AvalancheMethod(TaskIncrementalStrategy):
     """Common to the Avalanche strategies: the multi-head network, its files and the state file."""
 
-    def __init__(self, model, optimizer, criterion=None, *, options=None, plugins=(), seed: int = 0, **kw):
+    def __init__(self, *, model, optimizer, criterion=None, options=None, plugins=(), seed: int = 0, **kw):
         """``model``: the plain network with task 0's head (as every method gets it); it becomes
         the backbone of a multi-head network whose head 0 is that head."""
         opts = options if options is not None else self.Options()
@@ -217,8 +217,8 @@ class AvalancheMethod(TaskIncrementalStrategy):
         net.add_head(0, head0)
         self.cl_plugin = self.make_plugin(opts, seed)
         kw.setdefault("task_eval", LiveNetworkEval())
-        super().__init__(net, optimizer, criterion, options=opts, plugins=[self.cl_plugin, *plugins], seed=seed,
-                         **kw)
+        super().__init__(model=net, optimizer=optimizer, criterion=criterion, options=opts,
+                         plugins=[self.cl_plugin, *plugins], seed=seed, **kw)
 
     def make_plugin(self, opts, seed: int):
         raise NotImplementedError

@@ -15,8 +15,8 @@ from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy
 class Finetune(TaskIncrementalStrategy):
     name = "finetune"
 
-    def __init__(self, model, optimizer, criterion=None, **kw):
-        super().__init__(model, optimizer, criterion, **kw)
+    def __init__(self, *, model, optimizer, criterion=None, **kw):
+        super().__init__(model=model, optimizer=optimizer, criterion=criterion, **kw)
 
     def prepare_task(self, t, num_classes):
         if t == 0:

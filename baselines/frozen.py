@@ -32,8 +32,8 @@ BACKBONE_FILE = "frozen.backbone"
 class Frozen(TaskIncrementalStrategy):
     name = "frozen"
 
-    def __init__(self, model, optimizer, criterion=None, **kw):
-        super().__init__(model, optimizer, criterion, **kw)
+    def __init__(self, *, model, optimizer, criterion=None, **kw):
+        super().__init__(model=model, optimizer=optimizer, criterion=criterion, **kw)
         self._freeze()
 
     def _task_keys(self) -> set[str]:

@@ -143,12 +143,13 @@ class KSM(TaskIncrementalStrategy):
     name = "ksm"
     Options = KSMOptions
 
-    def __init__(self, model, optimizer, criterion=None, *, options: KSMOptions | None = None,
+    def __init__(self, *, model, optimizer, criterion=None, options: KSMOptions | None = None,
                  pretrained_state=None, **kw):
         opts = options or KSMOptions()
         pretrained_state = pretrained_state if pretrained_state is not None else state_copy(model)
         replace_layers(model, nn.Conv2d, lambda name, conv: KSMConv2d(conv, opts))
-        super().__init__(model, optimizer, criterion, options=opts, pretrained_state=pretrained_state, **kw)
+        super().__init__(model=model, optimizer=optimizer, criterion=criterion, options=opts,
+                         pretrained_state=pretrained_state, **kw)
 
     def mask_layers(self) -> list[tuple[str, KSMConv2d]]:
         return list(layers_of(self.model, KSMConv2d))

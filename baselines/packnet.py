@@ -110,7 +110,7 @@ class PackNet(TaskIncrementalStrategy):
     name = "packnet"
     Options = PackNetOptions
 
-    def __init__(self, model, optimizer, criterion=None, *, task_classes, options: PackNetOptions | None = None,
+    def __init__(self, *, model, optimizer, criterion=None, task_classes, options: PackNetOptions | None = None,
                  pretrained_state=None, train_epochs: int = 1, **kw):
         opts = options or PackNetOptions()
         if len(task_classes) >= 255:
@@ -121,7 +121,7 @@ class PackNet(TaskIncrementalStrategy):
         replace_layers(model, nn.Conv2d, lambda name, conv: OwnedConv2d(conv))
         self.phase = "train"
         self.current = 0  # owner id of the task being trained
-        super().__init__(model, optimizer, criterion, task_classes=task_classes, options=opts,
+        super().__init__(model=model, optimizer=optimizer, criterion=criterion, task_classes=task_classes, options=opts,
                          pretrained_state=pretrained_state, train_epochs=train_epochs, **kw)
 
     # -- training ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A baseline (PackNet; likewise Finetune, KSM, AQD) on your own Avalanche stream and metrics.
 
-Built the Avalanche way: ``PackNet(model, optimizer, criterion, task_classes=..., options=...,
+Built the Avalanche way: ``PackNet(model=, optimizer=, criterion=, task_classes=..., options=...,
 train_mb_size=..., ...)``. The model follows the package's convention (a ``feature_dim``
 attribute and the head in ``fc``, as every ``nws_avalanche.nets.models`` architecture); the
 optimiser's kind and hyper-parameters are reused for the fresh optimiser of every task. Each task
@@ -35,8 +35,8 @@ def main(epochs: int = 2, log=None, plugins=()):
     model = build_arch("resnet-tiny", 2, in_channels=3)  # your pretrained network would go here
     evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), forgetting_metrics(experience=True),
                                  loggers=[TextLogger(log)] if log is not None else [])
-    strategy = PackNet(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), torch.nn.CrossEntropyLoss(),
-                       task_classes=[2, 2, 2], options=PackNetOptions(prune_ratio=0.6), train_mb_size=16,
+    strategy = PackNet(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                       criterion=torch.nn.CrossEntropyLoss(), task_classes=[2, 2, 2], options=PackNetOptions(prune_ratio=0.6), train_mb_size=16,
                        train_epochs=epochs, eval_mb_size=64, plugins=plugins, evaluator=evaluator, progress=False)
     for exp in bench.train_stream:
         strategy.train(exp)

@@ -1,6 +1,6 @@
 """nws-avalanche: Neural Weight Search and its baselines on Avalanche task-incremental streams.
 
-In your own Avalanche code: ``Naive(model, opt, crit, plugins=[NWSPlugin(pools=build_pools_kmeans(model, K=64))])``.
+In your own Avalanche code: ``Naive(model=model, optimizer=opt, criterion=crit, plugins=[NWSPlugin(pools=...)])``.
 
 The public names are loaded on first use (PEP 562), so ``import nws_avalanche`` and the command
 line's ``--help``/``status`` do not import torch, numba or Avalanche.

@@ -235,7 +235,7 @@ def test_runner_matrix_is_avalanches(tmp_path, one_thread):
 
 
 def test_nws_strategy_the_avalanche_way(one_thread):
-    """``NWS(model, optimizer, criterion, pools=PoolSet, ...)`` == ``Naive`` + ``NWSPlugin``, exactly."""
+    """``NWS(model=, optimizer=, criterion=, pools=PoolSet, ...)`` == ``Naive`` + ``NWSPlugin``, exactly."""
     from nws_avalanche import NWS
 
     results = []
@@ -245,7 +245,7 @@ def test_nws_strategy_the_avalanche_way(one_thread):
                   evaluator=EvaluationPlugin(accuracy_metrics(experience=True), loggers=[]))
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         if use_strategy:
-            strategy = NWS(model, opt, nn.CrossEntropyLoss(), pools=pools, beta=0.5, device="cpu", **kw)
+            strategy = NWS(model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(), pools=pools, beta=0.5, device="cpu", **kw)
         else:
             strategy = Naive(model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(),
                              plugins=[NWSPlugin(pools=pools, beta=0.5)], **kw)

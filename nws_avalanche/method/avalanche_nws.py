@@ -1,6 +1,6 @@
 """``NWS``: the NWS strategy for plain Avalanche code, built the Avalanche way.
 
-    strategy = NWS(model, optimizer, criterion, pools=build_pools_kmeans(model, K=512), beta=0.5,
+    strategy = NWS(model=model, optimizer=optimizer, criterion=criterion, pools=build_pools_kmeans(model, K=512), beta=0.5,
                    train_mb_size=32, train_epochs=10, eval_mb_size=256, device="cuda",
                    plugins=[...], evaluator=EvaluationPlugin(...))
 
@@ -32,7 +32,7 @@ class NWS(SupervisedTemplate):
     incremental exact search). Other arguments are ``SupervisedTemplate``'s.
     """
 
-    def __init__(self, model: nn.Module, optimizer, criterion=None, *, pools=None, beta: float = 0.5,
+    def __init__(self, *, model: nn.Module, optimizer, criterion=None, pools=None, beta: float = 0.5,
                  init: str = "previous", include_head: bool = True, search: str | None = None, seed: int = 0,
                  train_mb_size: int = 1, train_epochs: int = 1, eval_mb_size: int | None = None,
                  device=None, plugins=None, evaluator=default_evaluator, eval_every: int = -1, **kwargs):

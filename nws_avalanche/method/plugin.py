@@ -1,6 +1,7 @@
 """``NWSPlugin``: gives Neural Weight Search to any Avalanche ``SupervisedTemplate``.
 
-    strategy = Naive(model, optimizer, criterion, plugins=[NWSPlugin(pools=build_pools_kmeans(model, K=64))])
+    strategy = Naive(model=model, optimizer=optimizer, criterion=criterion,
+                     plugins=[NWSPlugin(pools=build_pools_kmeans(model, K=64))])
 
 - before training: converts the model's convs, Linears and head(s) to NWS layers if it has none
   (``nwsify``; refused layers stop the run with their name), then moves it to the strategy's

@@ -2,7 +2,7 @@
 
 ``build_strategy(cfg, assets, task_classes, options=...)`` builds the pretrained network with task 0's
 head, its optimiser, and calls the registered method's constructor with plain arguments (the
-Avalanche way: ``Method(model, optimizer, criterion, train_mb_size=..., ..., options=...)``);
+Avalanche way: ``Method(model=..., optimizer=..., criterion=..., train_mb_size=..., ..., options=...)``);
 strategies never see the run config. ``options`` are the typed method options that
 ``runner.run.resolve_run`` built; without them (a library caller) they are built here from ``cfg``.
 """
@@ -35,4 +35,4 @@ def build_strategy(cfg, assets, task_classes: list[int], *, options=_FROM_CFG, p
         kw["options"] = options
     if cls.needs_pools:
         kw.update(pools=assets.pools, beta=cfg.beta)
-    return cls(model, build_optimizer(cfg, model.parameters()), nn.CrossEntropyLoss(), **kw)
+    return cls(model=model, optimizer=build_optimizer(cfg, model.parameters()), criterion=nn.CrossEntropyLoss(), **kw)

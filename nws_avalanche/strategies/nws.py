@@ -46,7 +46,7 @@ class NWS(TaskIncrementalStrategy):
     needs_pools = True
     checkpoint_attrs = ("plugin.tasks_seen", "last_indices")
 
-    def __init__(self, model, optimizer, criterion=None, *, pools, beta: float = 0.5,
+    def __init__(self, *, model, optimizer, criterion=None, pools, beta: float = 0.5,
                  options: NWSOptions | None = None, pretrained_state=None, seed: int = 0, plugins=(), **kw):
         """``pools``: a ``PoolSet``; ``model``: the plain network (converted here)."""
         opts = options or NWSOptions()
@@ -57,8 +57,9 @@ class NWS(TaskIncrementalStrategy):
                search_factory=self.search_factory)
         self.plugin = NWSPlugin(beta=beta, init=opts.init, pretrained_state=pretrained_state,
                                 include_head=opts.include_head, search_factory=self.search_factory, seed=seed)
-        super().__init__(model, optimizer, criterion, plugins=[self.plugin, *plugins], options=opts,
-                         pretrained_state=pretrained_state, seed=seed, task_eval=self.plugin, pools=pools, **kw)
+        super().__init__(model=model, optimizer=optimizer, criterion=criterion, plugins=[self.plugin, *plugins],
+                         options=opts, pretrained_state=pretrained_state, seed=seed, task_eval=self.plugin,
+                         pools=pools, **kw)
         self.last_indices = self._indices()  # the pretrained network's: what task 0 is compared with
 
     def prepare_task(self, t, num_classes):

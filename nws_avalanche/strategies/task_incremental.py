@@ -1,6 +1,6 @@
 """``TaskIncrementalStrategy``: the Avalanche strategy template every method here derives from.
 
-It is a real ``SupervisedTemplate``, built the Avalanche way (``Method(model, optimizer, criterion,
+It is a real ``SupervisedTemplate``, built the Avalanche way (``Method(model=, optimizer=, criterion=,
 task_classes=..., train_mb_size=..., ..., options=...)``; ``factory.build_strategy`` makes those
 arguments from a run config, which strategies never see): Avalanche runs the training loop and
 the plugins. What it adds is the task-incremental contract the runner relies on:
@@ -89,7 +89,7 @@ class TaskIncrementalStrategy(SupervisedTemplate):
     needs_pools = False  # True: the runner prepares kernel pools (assets.pools) for this method
     checkpoint_attrs: tuple[str, ...] = ()  # dotted attribute paths resumed with the model
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion=None, *,
+    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer, criterion=None,
                  task_classes: list[int], pretrained_state: dict | None = None, in_channels: int = 3,
                  arch: str | None = None, seed: int = 0, train_mb_size: int = 32, train_epochs: int = 1,
                  eval_mb_size: int | None = None, device="cpu", milestones=(), gamma: float = 0.1, plugins=(),
