@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_example(name):
+    """Import an example as ``python examples/NAME.py`` would: its folder first on sys.path."""
+    if str(ROOT / "examples") not in sys.path:
+        sys.path.insert(0, str(ROOT / "examples"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
