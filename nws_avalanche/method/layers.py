@@ -19,6 +19,12 @@ import torch.nn.functional as F
 from . import cpu_loops
 from .search import IncrementalSearch
 
+def float32_search(w: torch.Tensor):
+    """Autocast off for the search: under bf16/fp16 autocast its GEMM would run in the low precision
+    and its float32 error bounds would not hold (the search stays float32, mixed precision or not)."""
+    return torch.autocast(w.device.type, enabled=False)
+
+
 SearchFactory = Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 
@@ -109,7 +115,8 @@ class NWSConv2d(nn.Module):
     @torch.no_grad()
     def assign(self) -> torch.Tensor:
         """Search the current temporary kernels and store the indices."""
-        self.indices.copy_(self.search(self.vectors()))
+        with float32_search(self.weight):
+            self.indices.copy_(self.search(self.vectors()))
         return self.indices
 
     def rebuilt_weight(self) -> torch.Tensor:
@@ -154,7 +161,8 @@ class NWSConv2d(nn.Module):
         if not self.training:
             return self._conv(x, self.rebuilt_weight())
         w = self.vectors()
-        idx = self.search(w.detach())
+        with float32_search(w):
+            idx = self.search(w.detach())
         with torch.no_grad():
             self.indices.copy_(idx)
         w_st, self.commitment = _StraightThrough.apply(w, self._quantised(idx))

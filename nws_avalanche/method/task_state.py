@@ -32,9 +32,10 @@ from .nwsify import set_module
 
 
 def compact_indices(idx: torch.Tensor, pool_size: int) -> torch.Tensor:
-    """The smallest integer dtype that holds indices below ``pool_size`` (uint8/int16/int32)."""
+    """The smallest integer dtype that holds indices below ``pool_size`` (uint8/int16/int32), a
+    copy on the indices' device (so a task switch at evaluation never crosses the bus)."""
     dtype = torch.uint8 if pool_size <= 256 else torch.int16 if pool_size <= 32768 else torch.int32
-    return idx.detach().to("cpu", dtype)
+    return idx.detach().to(dtype=dtype, copy=True)
 
 
 def experience_labels(experience) -> list[int]:
