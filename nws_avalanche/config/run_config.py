@@ -26,6 +26,21 @@ from ..common.typed_options import build_options, coerce
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+CUDNN_MODES = ("default", "benchmark", "deterministic")
+
+
+def apply_cudnn(mode: str) -> None:
+    """``default``: torch's settings; ``benchmark``: cudnn times its algorithms and keeps the
+    fastest (faster for fixed input sizes, results may differ between runs); ``deterministic``:
+    reproducible cudnn convolutions (slower)."""
+    import torch
+
+    if mode == "benchmark":
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+    elif mode == "deterministic":
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+
+
 def _need(ok: bool, msg: str) -> None:
     if not ok:
         raise ConfigError(msg)
@@ -84,6 +99,8 @@ class RunConfig:
     data_root: str | None = None
     device: str = "cpu"
     num_workers: int = 0
+    amp: str = "off"  # mixed precision of task training: off | bf16 | fp16 (CUDA; loss scaling)
+    cudnn: str = "default"  # cudnn algorithm choice: default | benchmark (fastest) | deterministic
     # a non-finite loss or weights stops the task (nws_avalanche.strategies.guard); true: warn once and go on
     allow_nonfinite: bool = False
     benchmark_options: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +130,10 @@ class RunConfig:
         need(self.pretrain_lr > 0, f"pretrain_lr must be > 0 (got {self.pretrain_lr})")
         need(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1 (got {self.kmeans_iters})")
         need(self.num_workers >= 0, f"num_workers must be >= 0 (got {self.num_workers})")
+        need(self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16 (got {self.amp!r})")
+        need(not (self.amp == "fp16" and str(self.device).strip().startswith("cpu")),
+             "amp=fp16 needs a CUDA device (device=cpu); on a CPU use --set amp=bf16 (or amp=off)")
+        need(self.cudnn in CUDNN_MODES, f"cudnn must be one of {', '.join(CUDNN_MODES)} (got {self.cudnn!r})")
         need(0 <= self.seed < 2 ** 31, f"seed must be in 0..2**31-1 (got {self.seed})")
         need(isinstance(self.device, str) and self.device.strip() != "",
              f"device must be cpu, cuda or cuda:N (got {self.device!r})")

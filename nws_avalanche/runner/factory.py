@@ -30,7 +30,7 @@ def build_strategy(cfg, assets, task_classes: list[int], *, options=_FROM_CFG, p
               in_channels=assets.in_channels, arch=cfg.arch, seed=cfg.seed, train_mb_size=cfg.batch_size,
               train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size, device=cfg.device,
               milestones=cfg.milestones, gamma=cfg.gamma, head_init=cfg.head_init,
-              allow_nonfinite=cfg.allow_nonfinite, evaluator=evaluator, progress=progress)
+              allow_nonfinite=cfg.allow_nonfinite, evaluator=evaluator, progress=progress, amp=cfg.amp)
     if options is not None:
         kw["options"] = options
     if cls.needs_pools:

@@ -31,7 +31,7 @@ from ..common.atomic import atomic_write_bytes, atomic_write_json, atomic_write_
 from ..common.errors import ArtifactError, ConfigError
 from ..common.feedback import on_terminal, say
 from ..config.loggers import make_loggers
-from ..config.run_config import RunConfig, check_device
+from ..config.run_config import RunConfig, apply_cudnn, check_device
 from ..pools.pretrained import prepare_assets
 from ..strategies.methods import METHODS, load_all
 from ..strategies.task_incremental import accuracy_evaluator
@@ -142,6 +142,7 @@ def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: boo
     if options is _UNRESOLVED:
         cfg, options = resolve_run(cfg)
     check_device(cfg.device)  # here, on the machine that runs it
+    apply_cudnn(cfg.cudnn)
     rdir = run_dir(out, cfg, sweep)
     check_writable(out)  # an unwritable or full --out stops before any work
     with run_folder_lock(rdir):  # a second run into the same folder stops here (exit 2)

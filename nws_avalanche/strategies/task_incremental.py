@@ -44,6 +44,9 @@ from .guard import FiniteGuard
 from .training import EpochLRSchedule, ProgressBar, build_optimizer
 
 
+AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass
 class TrainSettings:
     """What a method reads when it rebuilds its optimiser or heads at each task (not the run
@@ -94,12 +97,15 @@ class TaskIncrementalStrategy(SupervisedTemplate):
                  arch: str | None = None, seed: int = 0, train_mb_size: int = 32, train_epochs: int = 1,
                  eval_mb_size: int | None = None, device="cpu", milestones=(), gamma: float = 0.1, plugins=(),
                  evaluator=None, options=None, progress: bool | None = None, task_eval: PerTaskEval | None = None,
-                 pools=None, head_init: str = "pretrained", allow_nonfinite: bool = False):
+                 pools=None, head_init: str = "pretrained", allow_nonfinite: bool = False, amp: str = "off"):
         """``model``: the network for task 0, already converted by the method (its head sized
         ``task_classes[0]``); ``optimizer``: its kind and hyper-parameters are reused for the fresh
         optimiser each task gets; ``pretrained_state``: what each task starts from (default: the
         model's weights as given); ``milestones``/``gamma``: per-task MultiStep LR; ``head_init``:
-        later tasks' heads (``task_head``); ``allow_nonfinite``: see ``guard.FiniteGuard``."""
+        later tasks' heads (``task_head``); ``allow_nonfinite``: see ``guard.FiniteGuard``;
+        ``amp``: mixed precision of the training forward (``AMP_MODES``; evaluation stays float32)."""
+        if amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
         self.cfg = TrainSettings.from_optimizer(optimizer, epochs=train_epochs, seed=seed, arch=arch,
                                                 head_init=head_init)
         self.assets = StartingPoint(pretrained_state if pretrained_state is not None else state_copy(model),
@@ -116,6 +122,9 @@ class TaskIncrementalStrategy(SupervisedTemplate):
             plugins=[*plugins, FiniteGuard(allow_nonfinite), EpochLRSchedule(list(milestones), gamma),
                      ProgressBar(self.name, disable=None if progress is None else not progress)],
             evaluator=evaluator if evaluator is not None else accuracy_evaluator())
+        self.amp = amp
+        # fp16's narrow range needs loss scaling; bf16 has float32's exponent range
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
 
     def set_evaluator(self, evaluator: EvaluationPlugin) -> None:
         """Use ``evaluator`` (e.g. with loggers) in place of the one given at construction."""
@@ -131,6 +140,26 @@ class TaskIncrementalStrategy(SupervisedTemplate):
             self.prepare_task(t, self.task_classes[t])
             self.model.to(self.device)
         return self.model
+
+    # -- mixed precision (``amp``): the training forward under autocast; the loss, the NWS search
+    # and commitment, and the weights stay float32 (the search turns autocast off itself)
+    def forward(self):
+        if self.amp == "off" or not self.is_training:
+            return super().forward()
+        with torch.autocast(self.device.type, dtype=AMP_MODES[self.amp]):
+            out = super().forward()
+        return out.float()
+
+    def backward(self):
+        if self.scaler is None:
+            return super().backward()
+        self.scaler.scale(self.loss).backward()
+
+    def optimizer_step(self):
+        if self.scaler is None:
+            return super().optimizer_step()
+        self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+        self.scaler.update()
 
     def make_optimizer(self, **kwargs):
         self.optimizer = build_optimizer(self.cfg, self.trainable_parameters())
