@@ -8,6 +8,33 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="device of the device-parametrised tests (the `device` fixture): cpu, cuda or cuda:N")
+
+
+def pytest_configure(config):
+    dev = config.getoption("--device")
+    if dev != "cpu":
+        import torch
+
+        try:
+            d = torch.device(dev)
+        except (RuntimeError, ValueError):
+            raise pytest.UsageError(f"--device {dev!r} is not a torch device; use cpu, cuda or cuda:N") from None
+        if d.type == "cuda" and not torch.cuda.is_available():
+            raise pytest.UsageError(f"--device {dev}: this machine has no usable CUDA GPU")
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """The device under test (``pytest --device cuda``; default cpu): tests taking this fixture
+    check that the plugin, the task state, the searches and the strategies compute the same on it."""
+    import torch
+
+    return torch.device(request.config.getoption("--device"))
+
+
 TINY = ["arch=resnet-tiny", "epochs=2", "pretrain_epochs=3", "pool_size=16", "benchmark_options.tasks=2",
         "batch_size=32"]
 

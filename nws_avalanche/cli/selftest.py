@@ -54,9 +54,9 @@ def main(args):
     dev = torch.device(args.device)
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)
-    rows, seconds = [], {}
+    rows, seconds, cpu = [], {}, {}
     for name in sections:
-        start = time.perf_counter()
+        start, cstart = time.perf_counter(), time.process_time()
         try:
             if name == "task":
                 from ..runner.selftest_task import run_task_check
@@ -68,7 +68,7 @@ def main(args):
                 got = st.CHECKS[name](dev, args.quick)
         except Exception as e:  # noqa: BLE001 - a check that crashes is a row that does not hold
             got = [st.failed_row(f"{name}", e)]
-        seconds[name] = time.perf_counter() - start
+        seconds[name], cpu[name] = time.perf_counter() - start, time.process_time() - cstart
         rows += got
         for r in got:
             print(f"[{name}] {r.check}: {r.figure} -> {r.verdict}", file=sys.stderr, flush=True)
@@ -77,7 +77,7 @@ def main(args):
     atomic_write_json(args.json, {
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "quick": bool(args.quick), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "all_hold": ok, "seconds": seconds, "rows": [r.to_dict() for r in rows]})
+        "all_hold": ok, "seconds": seconds, "cpu_seconds": cpu, "rows": [r.to_dict() for r in rows]})
     print(f"selftest: {'all checks hold' if ok else 'SOME CHECKS DO NOT HOLD'}; {args.json}")
     return 0 if ok else 1
 

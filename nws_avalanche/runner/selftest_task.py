@@ -58,7 +58,8 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 def run_task_check(device: str, quick: bool) -> list[tuple[str, str, bool, dict]]:
     """Rows (check, figure, holds, data) of the short run."""
-    sets = ["pretrained=random", "benchmark_options.tasks=5", "batch_size=32", f"device={device}",
+    sets = ["pretrained=random", "benchmark_options.tasks=5", "batch_size=64" if quick else "batch_size=32",
+            f"device={device}",
             "arch=resnet-tiny" if quick else "arch=resnet18-narrow", "epochs=1" if quick else "epochs=2",
             "pool_size=16" if quick else "pool_size=64", "kmeans_iters=3", "lr=0.05"]
     cfg = build_config([], sets, method="nws")
