@@ -216,5 +216,6 @@ def nws_layers(model: nn.Module) -> list[tuple[str, NWSConv2d]]:
 
 def commitment_loss(model: nn.Module) -> torch.Tensor:
     """``sum_l mean((sg(q_l) - w_l)^2)`` over the NWS layers, from their last forward pass."""
-    terms = [m.commitment for _, m in nws_layers(model)]
+    # .to: a layer that has not run a forward yet still holds its initial CPU zero
+    terms = [m.commitment.to(m.pool.device) for _, m in nws_layers(model)]
     return torch.stack(terms).sum() if terms else torch.zeros(())

@@ -24,7 +24,8 @@ def _top2(w: torch.Tensor, pool: torch.Tensor, pool_sq: torch.Tensor):
     # ||w-p||^2 = ||w||^2 - 2 w.p + ||p||^2; ||w||^2 is constant per row and dropped.
     d = torch.addmm(pool_sq.unsqueeze(0), w, pool.t(), beta=1.0, alpha=-2.0)
     if pool.shape[0] == 1:
-        return d, torch.zeros(len(w), dtype=torch.long), torch.full((len(w),), float("inf"))
+        return (d, torch.zeros(len(w), dtype=torch.long, device=w.device),
+                torch.full((len(w),), float("inf"), device=w.device))
     vals, idx = torch.topk(d, 2, dim=1, largest=False, sorted=True)
     return d, idx[:, 0], vals[:, 1] - vals[:, 0]
 

@@ -282,7 +282,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     sampler = DistributedSampler(data, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     per_rank = cfg.batch_size // d.world
     loader = DataLoader(data, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
     if len(loader) == 0:
         raise DataError(f"{cfg.data}: {len(data)} images give no full batch of {cfg.batch_size}; "
                         f"lower --batch-size")

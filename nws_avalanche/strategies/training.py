@@ -88,7 +88,8 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 256, device: str = "cp
              num_workers: int = 0) -> float:
     """Top-1 accuracy (%) of ``model`` in eval mode on ``dataset``."""
     model.eval().to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=torch.device(device).type == "cuda")
     correct = total = 0
     for x, y, *_ in loader:
         pred = model(x.to(device)).argmax(1).cpu()
