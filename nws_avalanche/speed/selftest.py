@@ -2,8 +2,8 @@
 trusting a long run there. Each check returns ``Row``s (check, figure, holds); ratios are
 measured and printed, never judged (a row of figures holds when they were measured).
 
-- search: the exact search on the device against the float64 reference (``exact_rows`` on the
-  CPU) on every layer kind at ResNet-18's real sizes, with exact ties and near-ties constructed
+- search: the exact search on the device against the float64 reference (on the CPU, distances
+  from differences, lowest index on ties) on every layer kind at ResNet-18's real sizes, with exact ties and near-ties constructed
   on purpose, over a few simulated training steps;
 - step: NWS/plain training-step time and peak-memory ratio, paired in one process;
 - amp: under bf16 (and fp16 on CUDA) autocast the search sees float32 weights and answers as in
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..method.layers import NWSConv2d
 from ..method.nwsify import nwsify
-from ..method.search import DEFAULT_SEARCH, SEARCHES, exact_rows
+from ..method.search import DEFAULT_SEARCH, SEARCHES
 from ..nets.models import build_arch
 from .perf_measure import _paired_steps, _Trainer, sample_pools
 
@@ -69,17 +69,24 @@ def layer_kinds(quick: bool) -> list[tuple[str, int, int]]:
             ("fc head 512->100", 100 * 512, 1)]
 
 
+def _exact_dist(w: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    # from differences, not cdist's ||w||^2 - 2 w.p + ||p||^2 form: a GEMM may round two equal
+    # distances (a duplicated pool row) differently, and the lowest-index rule needs them equal
+    return torch.cdist(w.double(), pool.double(), compute_mode="donot_use_mm_for_euclid_dist")
+
+
 def _reference(w: torch.Tensor, pool: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
-    """Float64 ``cdist`` + ``argmin`` on the CPU (lowest index on ties)."""
+    """Float64 distances + ``argmin`` on the CPU (lowest index on ties): ``exact_rows`` with the
+    distances taken from differences (the GEMM form breaks exact ties between duplicate rows)."""
     w, pool = w.detach().cpu(), pool.detach().cpu()
-    return torch.cat([exact_rows(w[s: s + chunk], pool) for s in range(0, w.shape[0], chunk)])
+    return torch.cat([_exact_dist(w[s: s + chunk], pool).argmin(dim=1) for s in range(0, w.shape[0], chunk)])
 
 
 def _exact_ties(w: torch.Tensor, pool: torch.Tensor, chunk: int = 16384) -> int:
     """Rows whose two nearest pool rows are at exactly the same float64 distance."""
     p64, n = pool.double(), 0
     for s in range(0, w.shape[0], chunk):
-        top2 = torch.cdist(w[s: s + chunk].double(), p64).topk(2, dim=1, largest=False).values
+        top2 = _exact_dist(w[s: s + chunk], p64).topk(2, dim=1, largest=False).values
         n += int((top2[:, 0] == top2[:, 1]).sum())
     return n
 
