@@ -43,7 +43,8 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
 
 def test_help_of_every_subcommand_imports_no_torch():
     assert _loaded_after(_cli(["--help"])) == []
-    for sub in ("run", "pretrain-pools", "build-pools", "perf", "perf-report", "data", "pools", "report", "status"):
+    for sub in ("run", "pretrain-pools", "build-pools", "perf", "perf-report", "data", "pools", "report", "status",
+                "selftest"):
         assert _loaded_after(_cli([sub, "--help"])) == [], sub
 
 
