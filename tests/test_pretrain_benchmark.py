@@ -12,9 +12,10 @@ from nws_avalanche.cli import main as cli
 from nws_avalanche.pools.pool_set import PoolSet
 
 OPTS = {"pretrain_classes": "ABCD", "task_classes": "abcdef", "classes_per_task": 3, "tasks": 1,
-        "image_size": 12, "pretrain_renders": 1, "train_renders": 1, "test_renders": 1}
+        "image_size": 12, "pretrain_renders": 1, "train_renders": 1, "test_renders": 1, "train_fonts": 2,
+        "fonts": ["DejaVuSans", "DejaVuSerif", "STIXGeneral", "cmr10", "cmtt10"]}
 RUN = ["--set", "arch=resnet-tiny", "--set", "pool_size=8", "--set", "epochs=1", "--set", "pretrain_epochs=1",
-       *[a for k, v in OPTS.items() for a in ("--set", f"benchmark_options.{k}={v}")]]
+       *[a for k, v in OPTS.items() for a in ("--set", f"benchmark_options.{k}={json.dumps(v)}")]]
 
 
 def test_pretrain_pools_benchmark_output_is_accepted_by_a_run(tmp_path, capsys):
