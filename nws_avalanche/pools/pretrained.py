@@ -218,7 +218,8 @@ def ema_pretrained(cfg, bench, cache_root: Path, progress: bool | None = None):
     from .pretrain import Source, pretrain
 
     settings = PretrainConfig(benchmark=bench.name, benchmark_options=dict(cfg.benchmark_options), arch=cfg.arch,
-                              epochs=max(cfg.pretrain_epochs, 1), batch_size=64, lr=cfg.pretrain_lr,
+                              epochs=max(cfg.pretrain_epochs, 1), batch_size=min(64, len(bench.pretrain)),
+                              lr=cfg.pretrain_lr,
                               weight_decay=5e-4, pool_size=cfg.pool_size, beta=cfg.beta, group_size=cfg.group_size,
                               seed=cfg.seed, schedule="cosine", workers=0, device=cfg.device,
                               progress=progress if progress is not None else False)
