@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from . import command
-from ..common.errors import ConfigError
 
 _HELP = {
     "data": "image folder <root>/<class>/<image> (e.g. ImageNet's train/)",
+    "benchmark": "instead of --data: this benchmark's pretraining split (its channels, size, normalisation)",
+    "benchmark_options": "the benchmark's options, as in a run (a YAML mapping)",
     "out": "output folder: checkpoint.pt, pools.nwsp, pretrained.pt, history.json",
     "batch_size": "global batch size (split over the torchrun processes)",
     "group_size": "gs: input channels per vector in 1x1 convs (1 = single weights)",
@@ -32,11 +33,14 @@ def main(args):
 
     cfg = settings_from_args(PretrainConfig, args, "pretrain-pools",
                              **({"progress": False} if args.no_progress else {}))
-    if not cfg.data:
-        raise ConfigError("pretrain-pools needs the image folder: --data DIR (or --set data=DIR)")
     from ..pools.pretrain import pretrain
 
-    summary = pretrain(cfg)
+    if cfg.benchmark:
+        from ..pools.pretrain import benchmark_source
+
+        summary = pretrain(cfg, benchmark_source(cfg.benchmark, cfg.benchmark_options, cfg.seed))
+    else:
+        summary = pretrain(cfg)
     if summary["rank"] != 0:
         return 0
     if summary["finished"]:
@@ -46,5 +50,5 @@ def main(args):
     return 0
 
 
-command("pretrain-pools", "pretrain kernel pools (EMA vector quantisation) on an image folder; torchrun-able")(
+command("pretrain-pools", "pretrain kernel pools (EMA vector quantisation) on an image folder or a benchmark's pretraining split; torchrun-able")(
     (add_arguments, main))

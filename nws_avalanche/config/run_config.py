@@ -91,6 +91,10 @@ class RunConfig:
     group_size: int = POOL_DEFAULTS.group_size
     # assets: pools and the pretrained network
     pool_file: str | None = None
+    # where pools come from when no pool_file is given: kmeans (k-means of the pretrained network's kernels)
+    # | pretrain (the paper's pipeline: an NWS network pretrained with EMA pools on the benchmark's own
+    # pretraining split, nws_avalanche.pools.pretrain; it is also the NWS methods' starting network)
+    pools: str = "kmeans"
     pretrained: str | None = None  # torchvision-format state_dict, "imagenet" (nws_avalanche.pools.hub), or "random"
     pretrain_epochs: int = 30
     pretrain_lr: float = 0.05
@@ -128,6 +132,7 @@ class RunConfig:
         need(self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam (got {self.optimizer!r})")
         need(self.pretrain_epochs >= 0, f"pretrain_epochs must be >= 0 (got {self.pretrain_epochs})")
         need(self.pretrain_lr > 0, f"pretrain_lr must be > 0 (got {self.pretrain_lr})")
+        need(self.pools in ("kmeans", "pretrain"), f"pools must be kmeans or pretrain (got {self.pools!r})")
         need(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1 (got {self.kmeans_iters})")
         need(self.num_workers >= 0, f"num_workers must be >= 0 (got {self.num_workers})")
         need(self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16 (got {self.amp!r})")

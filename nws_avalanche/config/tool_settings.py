@@ -13,7 +13,7 @@ key, before any work. No torch here: ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
@@ -27,6 +27,10 @@ from .run_config import PoolSettings, _need, load_yaml
 class PretrainConfig(PoolSettings):
     """``nws-bench pretrain-pools`` (``nws_avalanche.pools.pretrain``)."""
     data: str = ""
+    # instead of ``data``: a registered benchmark's own pretraining split, with its channels, image size
+    # and normalisation (``image_size``/``augment`` do not apply: the benchmark's transforms do)
+    benchmark: str = ""
+    benchmark_options: dict[str, Any] = field(default_factory=dict)
     out: str = "pools"
     arch: str = "resnet18"
     epochs: int = 160
@@ -52,7 +56,7 @@ class PretrainConfig(PoolSettings):
     progress: bool | None = None
 
     # keys that must match for a rerun to resume a checkpoint
-    RESUME_KEYS = ("data", "arch", "epochs", "batch_size", "lr", "momentum", "weight_decay", "beta",
+    RESUME_KEYS = ("data", "benchmark", "benchmark_options", "arch", "epochs", "batch_size", "lr", "momentum", "weight_decay", "beta",
                    "pool_size", "group_size", "image_size", "augment", "max_classes", "seed", "decay",
                    "eps", "revive_fraction", "ema_stats", "schedule", "init", "amp")
 
@@ -73,6 +77,9 @@ class PretrainConfig(PoolSettings):
                    f"schedule must be multistep or cosine (got {self.schedule!r})")]
         for ok, msg in checks:
             _need(ok, msg)
+        _need(bool(self.data) != bool(self.benchmark),
+              "pretrain-pools needs one source of images: --data DIR (an image folder) or --benchmark NAME "
+              "(that benchmark's pretraining split)" + (", not both" if self.data else ""))
         return self
 
     def resume_key(self) -> dict:

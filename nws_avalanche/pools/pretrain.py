@@ -1,4 +1,6 @@
-"""Pool pretraining: an NWS network trained on an image folder, pools learnt by EMA (``vq_ema``).
+"""Pool pretraining: an NWS network trained on an image folder, or on a registered benchmark's own
+pretraining split (``--benchmark``: its channels, image size and normalisation), pools learnt by EMA
+(``vq_ema``).
 
 Loss ``CE + beta * sum_l commitment_l``; after each optimiser step the pools take one EMA
 step (with dead-entry revival) from the statistics of the forward pass's assignment. One process, or ``torchrun --nproc_per_node N`` (gloo on CPU,
@@ -108,6 +110,34 @@ def image_folder(cfg: PretrainConfig) -> Dataset:
     return ds
 
 
+@dataclass
+class Source:
+    """What pretraining reads: a dataset of (image tensor, label), its class names and channels."""
+    data: Dataset
+    classes: list[str]
+    in_channels: int = 3
+    label: str = ""  # for messages: the folder or the benchmark
+
+
+def folder_source(cfg: PretrainConfig) -> Source:
+    ds = image_folder(cfg)
+    return Source(ds, list(ds.classes), 3, str(cfg.data))
+
+
+def benchmark_source(name: str, options: dict, seed: int) -> Source:
+    """A registered benchmark's pretraining split (never a task image), exactly as a run of that
+    benchmark with this seed and these options pretrains on."""
+    from benchmarks import build_benchmark
+
+    from ..config.run_config import build_config
+
+    bench = build_benchmark(build_config([], [], benchmark=name, seed=seed, benchmark_options=options or None))
+    if bench.pretrain is None:
+        raise ConfigError(f"benchmark {name!r} has no pretraining split; give an image folder with --data DIR")
+    return Source(bench.pretrain, [str(c) for c in range(bench.pretrain_classes)], bench.in_channels,
+                  f"benchmark {name}")
+
+
 # -- distributed set-up -----------------------------------------------------------------------
 @dataclass
 class Dist:
@@ -160,14 +190,14 @@ def kmeans_pools(model: nn.Module, K: int, group_sizes: dict[str, int], seed: in
     return pools
 
 
-def build_nws_model(cfg: PretrainConfig, num_classes: int) -> tuple[nn.Module, dict[str, int]]:
+def build_nws_model(cfg: PretrainConfig, num_classes: int, in_channels: int = 3) -> tuple[nn.Module, dict[str, int]]:
     """Plain arch (kaiming, or ``cfg.init``) converted to NWS with random (or k-means) pools."""
     torch.manual_seed(cfg.seed)
-    model = build_arch(cfg.arch, num_classes, 3)
+    model = build_arch(cfg.arch, num_classes, in_channels)
     gen = torch.Generator().manual_seed(cfg.seed)
     gs = group_sizes_for(model, cfg.group_size)
     if cfg.init:
-        state, classes = load_torchvision_state(cfg.init, build_arch(cfg.arch, 1, 3))
+        state, classes = load_torchvision_state(cfg.init, build_arch(cfg.arch, 1, in_channels))
         if classes != num_classes:  # another label set: keep the fresh head
             state.pop("fc.weight")
         model.load_state_dict(state, strict=False)
@@ -192,9 +222,9 @@ def lr_schedule(cfg: PretrainConfig, opt: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=lr_milestones(cfg.epochs), gamma=0.1)
 
 
-def quantised_state(model: nn.Module, arch: str, num_classes: int) -> dict[str, torch.Tensor]:
+def quantised_state(model: nn.Module, arch: str, num_classes: int, in_channels: int = 3) -> dict[str, torch.Tensor]:
     """The NWS model as a torchvision-format state_dict of the plain arch, kernels = pool[search(w)]."""
-    plain = build_arch(arch, num_classes, 3)
+    plain = build_arch(arch, num_classes, in_channels)
     own = plain.state_dict()
     state = {}
     layers = dict(nws_layers(model))
@@ -237,8 +267,9 @@ def _usage_text(used: dict[str, int], K: int) -> str:
     return f"{vals[0]}..{vals[-1]}/{K}" if vals else "-"
 
 
-def pretrain(cfg: PretrainConfig) -> dict:
-    """Run (or resume) pool pretraining; returns a summary (rank 0 writes the files)."""
+def pretrain(cfg: PretrainConfig, source: Source | None = None) -> dict:
+    """Run (or resume) pool pretraining on ``source`` (default: the image folder ``cfg.data``);
+    returns a summary (rank 0 writes the files)."""
     cfg.validate()
     device_type = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
     d = init_distributed(device_type)
@@ -247,10 +278,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
         raise ConfigError(f"batch size {cfg.batch_size} must be divisible by the {d.world} processes")
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
-    data = image_folder(cfg)
-    num_classes = len(data.classes)
-    model, gs = build_nws_model(cfg, num_classes)
-    if cfg.image_size < getattr(model, "min_input_size", 1):
+    source = source or folder_source(cfg)
+    data = source.data
+    num_classes = len(source.classes)
+    model, gs = build_nws_model(cfg, num_classes, source.in_channels)
+    if not cfg.benchmark and cfg.image_size < getattr(model, "min_input_size", 1):
         raise ConfigError(f"arch {cfg.arch} needs images of at least {model.min_input_size} px "
                           f"(got --image-size {cfg.image_size})")
     if d.world > 1:  # before the optimiser is built: conversion creates new BN parameters
@@ -284,7 +316,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     loader = DataLoader(data, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers, drop_last=True,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
     if len(loader) == 0:
-        raise DataError(f"{cfg.data}: {len(data)} images give no full batch of {cfg.batch_size}; "
+        raise DataError(f"{source.label}: {len(data)} images give no full batch of {cfg.batch_size}; "
                         f"lower --batch-size")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
@@ -339,7 +371,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                                         "model": _plain_bn_state(model), "ema": ema.state_dict(),
                                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                         "scaler": scaler.state_dict(), "history": history,
-                                        "classes": list(data.classes), "group_sizes": gs})
+                                        "classes": list(source.classes), "group_sizes": gs})
             print(f"epoch {epoch + 1}/{cfg.epochs}: CE {row['ce']:.4f}, train acc {row['train_acc']:.2f} %, "
                   f"commitment {row['commitment']:.4g}, {row['images_per_s']:.1f} images/s, pool usage "
                   f"{_usage_text(used, cfg.pool_size)}", flush=True)
@@ -352,11 +384,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
         arch_pools = PoolSet(cfg.arch, layer_specs(model, True, gs),
                              {name: m.pool.detach().cpu().clone() for name, m in nws_layers(model)})
         arch_pools.save(out / "pools.nwsp")
-        state = quantised_state(model, cfg.arch, num_classes)
+        state = quantised_state(model, cfg.arch, num_classes, source.in_channels)
         atomic_write(out / "pretrained.pt", lambda fh: torch.save(state, fh))
         write_sha256_sidecar(out / "pretrained.pt")  # checked by every run given it as pretrained=FILE
         atomic_write_json(out / "history.json", {"config": asdict(cfg),
-                                                 "classes": list(data.classes), "history": history})
+                                                 "classes": list(source.classes), "history": history})
     if d.world > 1:
         dist.barrier()
     summary["pools"] = {name: m.pool.detach().cpu().clone() for name, m in nws_layers(model)}

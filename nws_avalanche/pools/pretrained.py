@@ -157,6 +157,8 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: boo
     else:
         pre_key = {"arch": cfg.arch, "seed": cfg.seed, "in": bench.in_channels,
                    "mode": cfg.pretrained or "pretrain", "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr}
+        if cfg.benchmark_options:  # they may change the pretraining images (classes, size, drawings)
+            pre_key["bench_options"] = cfg.benchmark_options
         path = cache_root / f"pretrained-{_key({**pre_key, 'bench': bench.name})}.{PRETRAINED_SUFFIX}"
         if path.is_file():
             state, classes = load_cached_pretrained(path)
@@ -174,7 +176,15 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: boo
                     f"or --set pretrained=random for a smoke test")
             save_cached_pretrained(path, state, classes)
     pools = pool_path = None
-    if need_pools:
+    if need_pools and cfg.pools == "pretrain" and not cfg.pool_file:
+        if cfg.pretrained and cfg.pretrained != "random":
+            raise ConfigError("pools=pretrain pretrains its own network on the benchmark's pretraining split; "
+                              "drop pretrained=FILE, or use pools=kmeans (k-means of that file's kernels)")
+        if bench.pretrain is None:
+            raise ConfigError(f"pools=pretrain: benchmark {bench.name!r} has no pretraining split; use "
+                              f"pools=kmeans with pretrained=FILE, or give pool_file=FILE")
+        state, classes, pools, pool_path = ema_pretrained(cfg, bench, cache_root, progress)
+    elif need_pools:
         model = build_arch(cfg.arch, classes, bench.in_channels)
         model.load_state_dict(state, strict=False)
         if cfg.pool_file:
@@ -197,3 +207,30 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: boo
                 steps.close()
                 pools.save(pool_path)
     return Assets(cfg.arch, bench.in_channels, state, classes, pools, pool_path)
+
+
+def ema_pretrained(cfg, bench, cache_root: Path, progress: bool | None = None):
+    """The paper's pipeline on the benchmark's own pretraining split: an NWS network trained with EMA pools
+    (``pools.pretrain``, the same epochs, lr, batch 64 and weight decay as ``pretrain_network``, cosine
+    schedule), cached under ``_assist/pretrain-pools-<key>/`` (a rerun resumes or reuses it). Returns its
+    quantised network (state, classes), its pools and the pool file."""
+    from ..config.tool_settings import PretrainConfig
+    from .pretrain import Source, pretrain
+
+    settings = PretrainConfig(benchmark=bench.name, benchmark_options=dict(cfg.benchmark_options), arch=cfg.arch,
+                              epochs=max(cfg.pretrain_epochs, 1), batch_size=min(64, len(bench.pretrain)),
+                              lr=cfg.pretrain_lr,
+                              weight_decay=5e-4, pool_size=cfg.pool_size, beta=cfg.beta, group_size=cfg.group_size,
+                              seed=cfg.seed, schedule="cosine", workers=0, device=cfg.device,
+                              progress=progress if progress is not None else False)
+    out = Path(cache_root) / f"pretrain-pools-{_key(settings.resume_key())}"
+    settings.out = str(out)
+    if not (out / "pools.nwsp").is_file():
+        pretrain(settings, Source(bench.pretrain, [str(c) for c in range(bench.pretrain_classes)],
+                                  bench.in_channels, f"benchmark {bench.name}"))
+    state, classes = load_torchvision_state(str(out / "pretrained.pt"), build_arch(cfg.arch, 1, bench.in_channels))
+    pools = PoolSet.load(out / "pools.nwsp")
+    model = build_arch(cfg.arch, classes, bench.in_channels)
+    model.load_state_dict(state, strict=False)
+    pools.check_model(model, source=str(out / "pools.nwsp"), group_sizes=group_sizes_for(model, cfg.group_size))
+    return state, classes, pools, out / "pools.nwsp"
