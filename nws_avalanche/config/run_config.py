@@ -84,6 +84,9 @@ class RunConfig:
     data_root: str | None = None
     device: str = "cpu"
     num_workers: int = 0
+    # CPU threads of torch, BLAS and the fused loops, applied at run start whatever OMP_NUM_THREADS
+    # says: results depend on it (nws_avalanche.runner.threads); the same value reproduces the bytes
+    threads: int = 2
     # a non-finite loss or weights stops the task (nws_avalanche.strategies.guard); true: warn once and go on
     allow_nonfinite: bool = False
     benchmark_options: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +116,7 @@ class RunConfig:
         need(self.pretrain_lr > 0, f"pretrain_lr must be > 0 (got {self.pretrain_lr})")
         need(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1 (got {self.kmeans_iters})")
         need(self.num_workers >= 0, f"num_workers must be >= 0 (got {self.num_workers})")
+        need(self.threads >= 1, f"threads must be >= 1 (got {self.threads}); results are reproducible for a given value")
         need(0 <= self.seed < 2 ** 31, f"seed must be in 0..2**31-1 (got {self.seed})")
         need(isinstance(self.device, str) and self.device.strip() != "",
              f"device must be cpu, cuda or cuda:N (got {self.device!r})")

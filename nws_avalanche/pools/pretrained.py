@@ -156,7 +156,8 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: boo
         pre_key = {"file": str(Path(cfg.pretrained).resolve()), "sha256": file_sha256(Path(cfg.pretrained))}
     else:
         pre_key = {"arch": cfg.arch, "seed": cfg.seed, "in": bench.in_channels,
-                   "mode": cfg.pretrained or "pretrain", "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr}
+                   "mode": cfg.pretrained or "pretrain", "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr,
+                   "threads": cfg.threads}  # pretraining's bytes depend on the thread count
         path = cache_root / f"pretrained-{_key({**pre_key, 'bench': bench.name})}.{PRETRAINED_SUFFIX}"
         if path.is_file():
             state, classes = load_cached_pretrained(path)
@@ -183,7 +184,7 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: boo
             pools.check_model(model, source=str(pool_path), group_sizes=group_sizes_for(model, cfg.group_size))
         else:
             key = _key({**pre_key, "bench": bench.name, "K": cfg.pool_size, "it": cfg.kmeans_iters,
-                        "gs": cfg.group_size, "seed": cfg.seed})
+                        "gs": cfg.group_size, "seed": cfg.seed, "threads": cfg.threads})
             pool_path = cache_root / f"pools-{key}.nwsp"
             if pool_path.is_file():
                 pools = PoolSet.load(pool_path)
