@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     if not args or any("=" not in a for a in args):
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
-    print(table({a.split("=", 1)[0]: Path(a.split("=", 1)[1]) for a in args}), end="")
+    # the last "=" separates them: a label may read "threads=1"
+    print(table({a.rpartition("=")[0]: Path(a.rpartition("=")[2]) for a in args}), end="")
     return 0
 
 

@@ -22,7 +22,7 @@ def _run(out: Path, env_extra: dict[str, str]) -> dict:
     for item in TINY + ["pretrain_epochs=1", "epochs=1"]:  # one epoch already changes bytes with the threads
         args += ["--set", item]
     done = subprocess.run(args, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr[-2000:]
     res = json.loads((out / "split-digits" / "nws" / "seed0" / "results.json").read_text())
     # the cached pretrained network and pools, byte for byte
