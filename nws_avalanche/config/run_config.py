@@ -105,6 +105,9 @@ class RunConfig:
     num_workers: int = 0
     amp: str = "off"  # mixed precision of task training: off | bf16 | fp16 (CUDA; loss scaling)
     cudnn: str = "default"  # cudnn algorithm choice: default | benchmark (fastest) | deterministic
+    # CPU threads of torch, BLAS and the fused loops, applied at run start whatever OMP_NUM_THREADS
+    # says: results depend on it (nws_avalanche.runner.threads); the same value reproduces the bytes
+    threads: int = 2
     # a non-finite loss or weights stops the task (nws_avalanche.strategies.guard); true: warn once and go on
     allow_nonfinite: bool = False
     benchmark_options: dict[str, Any] = field(default_factory=dict)
@@ -139,6 +142,7 @@ class RunConfig:
         need(not (self.amp == "fp16" and str(self.device).strip().startswith("cpu")),
              "amp=fp16 needs a CUDA device (device=cpu); on a CPU use --set amp=bf16 (or amp=off)")
         need(self.cudnn in CUDNN_MODES, f"cudnn must be one of {', '.join(CUDNN_MODES)} (got {self.cudnn!r})")
+        need(self.threads >= 1, f"threads must be >= 1 (got {self.threads}); results are reproducible for a given value")
         need(0 <= self.seed < 2 ** 31, f"seed must be in 0..2**31-1 (got {self.seed})")
         need(isinstance(self.device, str) and self.device.strip() != "",
              f"device must be cpu, cuda or cuda:N (got {self.device!r})")

@@ -26,9 +26,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..common import pickle_compat  # noqa: F401 - Avalanche's save_checkpoint works (see there)
+
 from .layers import NWSConv2d, commitment_loss, nws_layers
 from .nwsify import convertible_layers, nwsify, set_module
-from .task_state import PerTaskEval, compact_indices, load_state, resized_head
+from .task_state import PerTaskEval, compact_indices, experience_labels, load_state, resized_head
 
 INITS = ("previous", "pretrained", "random")
 
@@ -60,6 +62,7 @@ class NWSPlugin(PerTaskEval):
         self.pretrained_state, self.include_head = pretrained_state, include_head
         self.search_factory, self.seed, self.keep_tasks = search_factory, seed, keep_tasks
         self.tasks_seen = 0
+        self._trained_labels: dict[int, int] = {}  # task label -> the experience that trained it
 
     # -- conversion -----------------------------------------------------------------------
     def before_training(self, strategy, **kw):
@@ -76,8 +79,11 @@ class NWSPlugin(PerTaskEval):
             return False
         if self.pools is None:
             raise ValueError(f"layers {todo} are not NWS layers and the plugin was given no pools")
+        names = {id(p): n for n, p in strategy.model.named_parameters()}
         nwsify(strategy.model, self.pools, self.include_head, search_factory=self.search_factory)
         strategy.model.to(strategy.device)  # Avalanche moved the model before this hook
+        if getattr(strategy, "optimizer", None) is not None:
+            retarget_optimizer(strategy.optimizer, names, strategy.model)
         return True
 
     def before_train_dataset_adaptation(self, strategy, **kw):
@@ -90,11 +96,15 @@ class NWSPlugin(PerTaskEval):
             m.assign()
 
     def before_training_exp(self, strategy, **kw):
+        if self.keep_tasks:  # before any training on a stream whose tasks NWS cannot tell apart
+            check_task_labels(strategy.experience, self._trained_labels)
+            self._trained_labels.update({lb: strategy.experience.current_experience
+                                         for lb in experience_labels(strategy.experience)})
         # Avalanche's model adaptation (just run) may have added plain layers, e.g. a new head
         if self.pools is not None and self._convert(strategy):
             for _, m in nws_layers(strategy.model):
                 m.assign()
-            strategy.make_optimizer(reset_optimizer_state=True)
+            strategy.make_optimizer(reset_optimizer_state=True, remove_params=True)
 
     # -- loss ------------------------------------------------------------------------------
     def before_backward(self, strategy, **kw):
@@ -122,6 +132,59 @@ class NWSPlugin(PerTaskEval):
 
     def has_state(self, label):
         return self.keep_tasks and super().has_state(label)
+
+
+def retarget_optimizer(optimizer, names_before: dict[int, str], model: nn.Module) -> None:
+    """After conversion: each optimiser entry points at the model's parameter of the same name
+    (the NWS layer's temporary kernels for a replaced conv), entries whose name is gone are
+    dropped, and parameters new to the model (by name) join the first group; the groups' settings stay.
+    Without this the optimiser keeps updating the replaced layers' parameters (stale, unused)."""
+    now = dict(model.named_parameters())
+    placed = set()
+    for group in optimizer.param_groups:
+        kept = []
+        for p in group["params"]:
+            name = names_before.get(id(p))
+            if name in now and name not in placed:
+                kept.append(now[name])
+                placed.add(name)
+        group["params"] = kept
+    before = set(names_before.values())  # a parameter left out on purpose stays out
+    optimizer.param_groups[0]["params"] += [p for n, p in now.items() if n not in before and p.requires_grad]
+    optimizer.state.clear()  # momentum of the replaced parameters does not carry over
+
+
+class TaskLabelError(ValueError):
+    """A stream without distinct task labels: NWS keeps one state per task label."""
+
+
+_HOW = ("NWS stores one state (indices, BatchNorm, head) per task label and evaluates each task on its own; "
+        "give each experience its own task label, e.g. nc_benchmark(..., task_labels=True), "
+        "or for Avalanche 0.6's class_incremental_benchmark: bm = task_incremental_benchmark(bm, "
+        "reset_task_labels=True) (from avalanche.benchmarks.scenarios.task_aware), experience i getting task label i")
+
+
+def check_task_labels(experience, trained: dict[int, int]) -> None:
+    """Refuse a class-incremental stream at its first training experience: an experience without
+    task labels, or a stream whose experiences share a task label (``nc_benchmark(task_labels=False)``:
+    every old task would be evaluated on the newest state and fall to chance)."""
+    if getattr(experience, "task_labels", None) is None:
+        raise TaskLabelError(f"experience {getattr(experience, 'current_experience', '?')} has no task labels "
+                             f"(a class-incremental stream); {_HOW}")
+    index = getattr(experience, "current_experience", None)
+    stream = getattr(experience, "origin_stream", None)
+    if not trained and stream is not None:  # the whole stream, before the first experience trains
+        seen: dict[int, int] = {}
+        for i, exp in enumerate(stream):
+            for label in experience_labels(exp):
+                if label in seen:
+                    raise TaskLabelError(f"experiences {seen[label]} and {i} of stream {getattr(stream, 'name', '')!r} "
+                                         f"share task label {label} (a class-incremental stream); {_HOW}")
+                seen[label] = i
+    for label in experience_labels(experience):
+        if label in trained and trained[label] != index:
+            raise TaskLabelError(f"experience {index} has task label {label}, already trained by experience "
+                                 f"{trained[label]} (a class-incremental stream); {_HOW}")
 
 
 def _nws_owned(model: nn.Module) -> set[str]:

@@ -156,7 +156,8 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: boo
         pre_key = {"file": str(Path(cfg.pretrained).resolve()), "sha256": file_sha256(Path(cfg.pretrained))}
     else:
         pre_key = {"arch": cfg.arch, "seed": cfg.seed, "in": bench.in_channels,
-                   "mode": cfg.pretrained or "pretrain", "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr}
+                   "mode": cfg.pretrained or "pretrain", "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr,
+                   "threads": cfg.threads}  # pretraining's bytes depend on the thread count
         if cfg.benchmark_options:  # they may change the pretraining images (classes, size, drawings)
             pre_key["bench_options"] = cfg.benchmark_options
         path = cache_root / f"pretrained-{_key({**pre_key, 'bench': bench.name})}.{PRETRAINED_SUFFIX}"
@@ -193,7 +194,7 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: boo
             pools.check_model(model, source=str(pool_path), group_sizes=group_sizes_for(model, cfg.group_size))
         else:
             key = _key({**pre_key, "bench": bench.name, "K": cfg.pool_size, "it": cfg.kmeans_iters,
-                        "gs": cfg.group_size, "seed": cfg.seed})
+                        "gs": cfg.group_size, "seed": cfg.seed, "threads": cfg.threads})
             pool_path = cache_root / f"pools-{key}.nwsp"
             if pool_path.is_file():
                 pools = PoolSet.load(pool_path)
@@ -223,7 +224,7 @@ def ema_pretrained(cfg, bench, cache_root: Path, progress: bool | None = None):
                               weight_decay=5e-4, pool_size=cfg.pool_size, beta=cfg.beta, group_size=cfg.group_size,
                               seed=cfg.seed, schedule="cosine", workers=0, device=cfg.device,
                               progress=progress if progress is not None else False)
-    out = Path(cache_root) / f"pretrain-pools-{_key(settings.resume_key())}"
+    out = Path(cache_root) / f"pretrain-pools-{_key({**settings.resume_key(), 'threads': cfg.threads})}"
     settings.out = str(out)
     if not (out / "pools.nwsp").is_file():
         pretrain(settings, Source(bench.pretrain, [str(c) for c in range(bench.pretrain_classes)],

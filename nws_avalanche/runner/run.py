@@ -40,6 +40,7 @@ from .factory import build_strategy
 from .recovery import PROGRESS_NAME, artifact_digests, needs_rebuild, resume_point, write_progress
 from .results import build_results, memory_mib, paper_memory
 from .runlock import run_folder_lock
+from .threads import environment, run_threads
 from .status_file import error_tail, read_status, write_status
 
 
@@ -145,7 +146,8 @@ def run_single(cfg: RunConfig, out: Path, overwrite: bool = False, progress: boo
     apply_cudnn(cfg.cudnn)
     rdir = run_dir(out, cfg, sweep)
     check_writable(out)  # an unwritable or full --out stops before any work
-    with run_folder_lock(rdir):  # a second run into the same folder stops here (exit 2)
+    # the thread counts are the run's, not the shell's (OMP_NUM_THREADS): they change the bytes
+    with run_folder_lock(rdir), run_threads(cfg.threads):  # a second run into the same folder stops here (exit 2)
         return _run_locked(cfg, options, out, rdir, overwrite, progress, callbacks, sweep, verify)
 
 
@@ -245,6 +247,7 @@ def _train(cfg, options, bench, strategy_cls, assets, rdir, art, config_yaml, pr
         memory["paper"] = paper
     results = build_results(cfg, bench.task_names, acc, memory, state.summaries, state.train_seconds)
     results["artifact_sha256"] = dict(state.digests)
+    results["environment"] = environment(cfg.threads)  # what else the bytes depend on (versions, CPU)
     if sweep:
         results["sweep"] = dict(sweep)
     return results
