@@ -5,7 +5,8 @@ loop adds its optimiser and commitment-sum time itself); ``summarise`` turns the
 steps' total CPU time into each part's CPU time per step:
 
 - ``search``: the layers' searches;
-- ``quantise``: building ``q = pool[idx]`` (``NWSConv2d._quantised``);
+- ``quantise``: building ``q = pool[idx]`` (``NWSConv2d._quantised``; on CPU ``q`` is read from the
+  pool inside the straight-through loops, so this part is 0 there);
 - ``straight_through``: ``w + sg(q - w)`` and the commitment term, forward and backward, and
   ``commitment_loss`` (summing the layers' terms);
 - ``bookkeeping``: the rest of the NWS layers' forward (index copies, views, Python per layer);
@@ -66,28 +67,31 @@ class _TimedSearch:
         return getattr(self.inner, name)
 
 
-def _timed_straight_through(clock: _Clock):
-    base = nws_layers_mod._StraightThrough
+def _timed_function(base, clock: _Clock):
+    """A subclass of the autograd function ``base`` whose forward and backward are timed."""
 
     class Timed(base):
         @staticmethod
-        def forward(ctx, w, q):
+        def forward(ctx, *args):
             t = time.process_time()
             try:
-                return base.forward(ctx, w, q)
+                return base.forward(ctx, *args)
             finally:
                 t = time.process_time() - t
                 clock.parts["straight_through"] += t
                 clock.parts["st_forward"] += t
 
         @staticmethod
-        def backward(ctx, g_out, g_commit):
+        def backward(ctx, *grads):
             t = time.process_time()
             try:
-                return base.backward(ctx, g_out, g_commit)
+                return base.backward(ctx, *grads)
             finally:
                 clock.parts["straight_through"] += time.process_time() - t
-    return base, Timed
+    return Timed
+
+
+_FUNCTIONS = ("_StraightThrough", "_StraightThroughRows")
 
 
 @contextmanager
@@ -95,7 +99,7 @@ def timers(model: nn.Module):
     """Timers around the NWS parts of ``model``'s layers; yields the clock."""
     clock = _Clock()
     layers = [m for _, m in nws_layers(model)]
-    base, timed_st = _timed_straight_through(clock)
+    bases = {name: getattr(nws_layers_mod, name) for name in _FUNCTIONS}
     saved = []  # (a model without NWS layers leaves the straight-through function alone)
     for m in layers:
         saved.append((m, {k: m.__dict__.get(k) for k in ("forward", "_quantised", "_conv")}, m.search))
@@ -104,12 +108,14 @@ def timers(model: nn.Module):
         m._conv = clock.timed("conv", m._conv)
         m.search = _TimedSearch(m.search, clock.parts)
     if layers:
-        nws_layers_mod._StraightThrough = timed_st
+        for name, base in bases.items():
+            setattr(nws_layers_mod, name, _timed_function(base, clock))
     try:
         yield clock
     finally:
         if layers:
-            nws_layers_mod._StraightThrough = base
+            for name, base in bases.items():
+                setattr(nws_layers_mod, name, base)
         for m, attrs, search in saved:
             for k, v in attrs.items():
                 if v is None:
