@@ -23,6 +23,14 @@ def test_perf_writes_all_figures(tmp_path, capsys):
         assert key in r, key
     assert set(r["step_ratio"]) == {"wall", "cpu", "wall_paired"}
     assert 0 <= r["searched_per_step"] <= r["vectors_per_step"]
+    b = r["breakdown_cpu_s"]
+    for side in ("plain", "nws"):  # the parts add up to the timed steps' CPU time
+        parts = [b[side][k] for k in ("search", "quantise", "straight_through", "bookkeeping", "optimiser",
+                                      "plain_work")]
+        assert abs(sum(parts) - b[side]["total"]) <= 1e-9 * max(1.0, b[side]["total"])
+        assert all(v >= 0 for v in parts[:5])
+    assert b["plain"]["search"] == b["plain"]["straight_through"] == 0.0  # a plain net has no NWS parts
+    assert b["nws"]["search"] > 0 and b["nws"]["straight_through"] > 0
     assert r["exactness"]["mismatches"] == 0
     assert r["exactness"]["index_changes"] > 0
     assert r["task_switch_s"]["bit_identical"] is True
@@ -30,7 +38,9 @@ def test_perf_writes_all_figures(tmp_path, capsys):
     split = r["artifact_bytes"]
     assert split["codes"] + split["bn"] + split["head"] + split["other_state"] + split["header"] == split["total"]
     assert split["codes"] == sum(row["bytes"] for row in r["storage"]["layers"])
-    assert "mismatches vs brute force = 0" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mismatches vs brute force = 0" in printed
+    assert "straight_through" in printed and "plain_work" in printed
 
 
 def test_perf_rejects_unknown_search(tmp_path, capsys):

@@ -163,6 +163,35 @@ def test_straight_through_kernel_is_bit_identical_to_the_unfused_expression():
         assert torch.allclose(commit, diff.pow(2).mean(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_straight_through_from_the_pool_is_bit_identical_to_the_one_from_q(monkeypatch, split):
+    """The CPU layer's ``_StraightThroughRows`` (q read from the pool by index inside the loops)
+    gives the same output, commitment (same summation order, also when a pass is cut in halves on
+    two threads, odd sizes included) and gradient as ``_StraightThrough(w, pool[idx])``."""
+    from nws_avalanche.method.layers import _StraightThrough, _StraightThroughRows
+    old = torch.get_num_threads()
+    if split:
+        monkeypatch.setattr(cpu_loops, "SPLIT_FROM", 64)
+        torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(4)
+    try:
+        for trial, (n, d, K) in enumerate([(501, 9, 32), (77, 1, 16), (1, 49, 3), (2048, 4, 300)]):
+            pool = torch.randn(K, d, generator=g)
+            idx = torch.randint(K, (n,), generator=g)
+            w0 = torch.randn(n, d, generator=g) * 10 ** (trial - 2)
+            gout = torch.randn(n, d, generator=g)
+            outs = []
+            for fn, extra in ((_StraightThrough, (pool[idx],)), (_StraightThroughRows, (idx, pool))):
+                w = w0.clone().requires_grad_()
+                out, commit = fn.apply(w, *extra)
+                ((out * gout).sum() + (0.5 + trial) * commit).backward()
+                outs.append((out.detach(), commit.detach(), w.grad))
+            for a, b in zip(*outs):
+                assert torch.equal(a, b), (n, d, K)
+    finally:
+        torch.set_num_threads(old)
+
+
 def _child_search(conn):
     torch.set_num_threads(2)
     pool, w = torch.randn(16, 9), torch.randn(5000, 9)

@@ -32,8 +32,20 @@ def _line(r: dict) -> str:
     return s
 
 
+def _breakdown_lines(b: dict) -> list[str]:
+    from ..speed.breakdown import PARTS
+
+    p, n = b["plain"], b["nws"]
+    lines = [f"  CPU time per step by part (ms, mean of {b['steps']} timed steps; plain | NWS | NWS - plain):"]
+    for k in PARTS + ("total",):
+        lines.append(f"    {k:<17} {p[k] * 1e3:9.1f} {n[k] * 1e3:9.1f} {(n[k] - p[k]) * 1e3:+9.1f}")
+    return lines
+
+
 def _report(r: dict) -> list[str]:
     lines = [_line(r)]
+    if "breakdown_cpu_s" in r:
+        lines += _breakdown_lines(r["breakdown_cpu_s"])
     if "exactness" in r:
         e = r["exactness"]
         lines.append(f"  exactness: {e['steps']} steps at lr={e['lr']}, {e['kernels_checked_per_step']} kernels/step, "

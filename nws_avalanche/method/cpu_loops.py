@@ -85,6 +85,44 @@ def _ste_backward(w, q, g, c, out):  # pragma: no cover - compiled
     for i in range(w.size):
         out[i] = g[i] - c * ((q[i] - w[i]) * two)
 
+@njit(nogil=True, cache=True)
+def _ste_forward_rows(w, idx, pool, out, a, b):  # pragma: no cover - compiled
+    """``_ste_forward`` over flat elements [a, b) of ``w`` with ``q = pool[idx]`` read row by row
+    from the (cache-resident) pool: the same operations in the same order, no ``q`` in memory."""
+    d = pool.shape[1]
+    i = a // d
+    k = a - i * d
+    r = idx[i] if a < b else 0
+    acc = 0.0
+    for e in range(a, b):
+        t = pool[r, k] - w[e]
+        out[e] = w[e] + t
+        acc += np.float64(t) * np.float64(t)
+        k += 1
+        if k == d:
+            k = 0
+            i += 1
+            if e + 1 < b:
+                r = idx[i]
+    return acc
+
+@njit(nogil=True, cache=True)
+def _ste_backward_rows(w, idx, pool, g, c, out, a, b):  # pragma: no cover - compiled
+    """``_ste_backward`` over flat elements [a, b), ``q = pool[idx]`` read from the pool."""
+    two = np.float32(2.0)
+    d = pool.shape[1]
+    i = a // d
+    k = a - i * d
+    r = idx[i] if a < b else 0
+    for e in range(a, b):
+        out[e] = g[e] - c * ((pool[r, k] - w[e]) * two)
+        k += 1
+        if k == d:
+            k = 0
+            i += 1
+            if e + 1 < b:
+                r = idx[i]
+
 _E = 2.220446049250313e-16  # float64 epsilon
 
 @njit(nogil=True, cache=True, inline="always")
@@ -305,21 +343,57 @@ def ste_backward(w: torch.Tensor, q: torch.Tensor, g: torch.Tensor, c: float) ->
     return out
 
 
-def track(w, anchor, r2, idx, cand, bound, pool64_pad, pool_pad, rel32, gaps, keep, slack, eps64c, pnorm):
-    """Tiers 1-3 of ``IncrementalSearch`` in one pass; updates the state in place. Returns (rows left to the float64 reference, rows whose index may have changed,
-    number of rows re-scored, number of rows scanned)."""
+def ste_forward_rows(w: torch.Tensor, idx: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``ste_forward(w, pool[idx])`` without building ``pool[idx]``: bit-identical values, the
+    commitment summed in the same order (the halves split at the same element)."""
+    out = torch.empty_like(w)
+    wf, of = w.detach().view(-1).numpy(), out.view(-1).numpy()
+    ix, pn = idx.numpy(), pool.numpy()
+    with _LOCK:
+        acc = _halves(wf.size, wf.size, lambda a, b: _ste_forward_rows(wf, ix, pn, of, a, b))
+    return out, sum(acc)
+
+
+def ste_backward_rows(w: torch.Tensor, idx: torch.Tensor, pool: torch.Tensor, g: torch.Tensor,
+                      c: float) -> torch.Tensor:
+    """``ste_backward(w, pool[idx], g, c)`` without building ``pool[idx]`` (bit-identical)."""
+    out = torch.empty_like(g)
+    wf, gf, of = (t.detach().reshape(-1).numpy() for t in (w, g, out))
+    ix, pn = idx.numpy(), pool.numpy()
+    c32 = np.float32(c)
+    with _LOCK:
+        _halves(wf.size, wf.size, lambda a, b: _ste_backward_rows(wf, ix, pn, gf, c32, of, a, b))
+    return out
+
+
+class TrackState:
+    """NumPy views of an ``IncrementalSearch``'s state and tables, made once per search state
+    (not per call: a small layer's step is mostly fixed cost), and the status buffer."""
+
+    def __init__(self, anchor, r2, idx, cand, bound, pool64_pad, pool_pad, rel32, gaps, keep, slack, eps64c,
+                 pnorm):
+        self.rows = [t.numpy() for t in (anchor, r2, idx, cand, bound)]
+        self.rest = (pool64_pad.numpy(), pool_pad.numpy(), float(rel32), gaps.numpy(), keep.numpy(),
+                     float(slack), float(eps64c), float(pnorm), int(pool64_pad.shape[0] - 1))
+        self.status = np.empty(anchor.shape[0], dtype=np.int8)
+
+
+def track(w: torch.Tensor, state: TrackState):
+    """Tiers 1-3 of ``IncrementalSearch`` in one pass; updates the state in place. Returns (rows
+    left to the float64 reference, rows whose index may have changed, number of rows re-scored,
+    number of rows scanned)."""
     n = w.shape[0]
-    status = np.empty(n, dtype=np.int8)
-    rows = [t.numpy() for t in (w, anchor, r2, idx, cand, bound)]
-    rest = (pool64_pad.numpy(), pool_pad.numpy(), float(rel32), gaps.numpy(), keep.numpy(), float(slack), float(eps64c), float(pnorm),
-            int(pool64_pad.shape[0] - 1))
+    wn, rows, rest, status = w.numpy(), state.rows, state.rest, state.status
 
     def run(a, b):
-        return _track(*(r[a:b] for r in rows), *rest, status[a:b])
+        return _track(wn[a:b], *(r[a:b] for r in rows), *rest, status[a:b])
 
     with _LOCK:
-        parts = _halves(n, w.numel(), run)
-    rescored, scanned, ties, changed = (sum(p[k] for p in parts) for k in range(4))
+        parts = _halves(n, w.numel(), run) if w.numel() >= SPLIT_FROM else [run(0, n)]
+    if len(parts) == 1:
+        rescored, scanned, ties, changed = parts[0]
+    else:
+        rescored, scanned, ties, changed = (sum(p[k] for p in parts) for k in range(4))
     left = torch.from_numpy(np.flatnonzero(status == 7)) if ties else _NONE
     moved = torch.from_numpy(np.flatnonzero(status >= 5)) if changed else _NONE
     return left, moved, rescored, scanned

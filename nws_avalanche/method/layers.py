@@ -61,6 +61,39 @@ class _StraightThrough(torch.autograd.Function):
         return (grad if g_out is None else grad.add_(g_out)), None
 
 
+class _StraightThroughRows(torch.autograd.Function):
+    """``_StraightThrough(w, pool[idx])`` on CPU with ``q`` read from the pool inside the fused
+    loops: the same values and gradient bit for bit (and the commitment summed in the same
+    order), without building, patching or keeping a weight-sized ``q`` each step."""
+
+    @staticmethod
+    def forward(ctx, w, idx, pool):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(w, idx, pool)
+        if not _rows_path(w, idx, pool):  # (the layer only comes here when it holds: kept total)
+            diff = torch.sub(pool[idx], w)
+            flat = diff.view(-1)
+            return torch.add(w, diff), torch.dot(flat, flat) / flat.numel()
+        out, acc = cpu_loops.ste_forward_rows(w, idx, pool)
+        return out, torch.tensor(acc / w.numel(), dtype=w.dtype)
+
+    @staticmethod
+    def backward(ctx, g_out, g_commit):
+        if g_commit is None:
+            return g_out, None, None
+        w, idx, pool = ctx.saved_tensors
+        c = g_commit / w.numel()  # as autograd's mean backward: the same float32 division
+        if g_out is not None and cpu_loops.usable(g_out) and _rows_path(w, idx, pool):
+            return cpu_loops.ste_backward_rows(w, idx, pool, g_out, float(c)), None, None
+        grad = torch.mul(torch.sub(pool[idx], w), c * -2)
+        return (grad if g_out is None else grad.add_(g_out)), None, None
+
+
+def _rows_path(w: torch.Tensor, idx: torch.Tensor, pool: torch.Tensor) -> bool:
+    return (cpu_loops.usable(w, pool) and idx.dtype == torch.long and idx.device.type == "cpu"
+            and idx.is_contiguous())
+
+
 class NWSConv2d(nn.Module):
     """Conv2d (no bias by default) whose weight vectors are drawn from ``pool``."""
 
@@ -165,7 +198,10 @@ class NWSConv2d(nn.Module):
             idx = self.search(w.detach())
         with torch.no_grad():
             self.indices.copy_(idx)
-        w_st, self.commitment = _StraightThrough.apply(w, self._quantised(idx))
+        if _rows_path(w, idx, self.pool):  # CPU: q is read from the pool inside the fused loops
+            w_st, self.commitment = _StraightThroughRows.apply(w, idx, self.pool)
+        else:
+            w_st, self.commitment = _StraightThrough.apply(w, self._quantised(idx))
         return self._conv(x, w_st.view_as(self.weight))
 
     @torch.no_grad()

@@ -215,6 +215,7 @@ class IncrementalSearch:
     def reset(self) -> None:
         self._anchor = self._idx = self._r2 = self._cand = self._bound = None
         self._lo = self._hi = self._buf = self._moved = None
+        self._views = None  # cpu_loops.TrackState of the state above
 
     def _decide(self, cand, cand_d, rel, outside):
         """The nearest candidate, whether that is sure, and its safe squared radius.
@@ -342,6 +343,7 @@ class IncrementalSearch:
             # the first search is a GEMM (faster than the kernel's per-row scan for all rows)
             self._idx, self._r2, self._cand, self._bound = self._search_rows(w)
             self._anchor = w.clone()
+            self._views = None
             self._buf = self._moved = None  # the torch path's buffers, made when it first runs
             self.last_searched = w.shape[0]
             return self._idx.clone()
@@ -368,9 +370,11 @@ class IncrementalSearch:
         return self._idx.clone()
 
     def _track(self, w: torch.Tensor) -> None:
-        ties, self.changed, self.last_rescored, self.last_searched = cpu_loops.track(
-            w, self._anchor, self._r2, self._idx, self._cand, self._bound, self._pool64_pad, self._pool_pad,
-            self._rel32, self._gaps, self._keep, self._slack, self._eps64, self._pnorm)
+        if self._views is None:  # the state's tensors are updated in place until the next full search
+            self._views = cpu_loops.TrackState(
+                self._anchor, self._r2, self._idx, self._cand, self._bound, self._pool64_pad, self._pool_pad,
+                self._rel32, self._gaps, self._keep, self._slack, self._eps64, self._pnorm)
+        ties, self.changed, self.last_rescored, self.last_searched = cpu_loops.track(w, self._views)
         if ties.numel():
             self._idx[ties] = exact_rows(w.index_select(0, ties), self._full)
 

@@ -24,6 +24,7 @@ from ..method.search import SEARCHES, exact_rows
 from ..method.task_artifact import load_nws_task, save_nws_task
 from ..nets.models import build_arch, head_name
 from ..pools.pool_set import PoolSet, layer_specs, layer_vectors
+from .breakdown import summarise, timers
 from ..storage.codecs import CODECS, order0_entropy_bits
 from ..storage.container import read_container
 
@@ -97,6 +98,35 @@ class _Trainer:
         rows = (sum(getattr(s.inner, "last_rescored", 0) for s in self.searches),
                 sum(getattr(s.inner, "last_searched", 0) for s in self.searches))
         return wall, cpu, sum(s.total for s in self.searches), rows
+
+    def timed_step(self, clock) -> float:
+        """One step with its commitment sum and optimiser timed into ``clock``; its CPU seconds."""
+        _sync(self.device)
+        c0 = time.process_time()
+        loss = F.cross_entropy(self.model(self.x), self.y)
+        if self.nws and self.beta:
+            t = time.process_time()
+            loss = loss + self.beta * commitment_loss(self.model)
+            clock.parts["straight_through"] += time.process_time() - t
+        t = time.process_time()
+        self.opt.zero_grad(set_to_none=True)
+        opt_s = time.process_time() - t
+        loss.backward()
+        t = time.process_time()
+        self.opt.step()
+        _sync(self.device)
+        clock.parts["optimiser"] += opt_s + time.process_time() - t
+        return time.process_time() - c0
+
+
+def step_breakdown(plain: _Trainer, nws: _Trainer, steps: int) -> dict:
+    """Each part's CPU time per step (``breakdown.PARTS``), plain and NWS steps alternating."""
+    with timers(plain.model) as cp, timers(nws.model) as cn:
+        tp = tn = 0.0
+        for _ in range(steps):
+            tp += plain.timed_step(cp)
+            tn += nws.timed_step(cn)
+    return {"steps": steps, "plain": summarise(cp, tp, steps), "nws": summarise(cn, tn, steps)}
 
 
 def _paired_steps(plain: _Trainer, nws: _Trainer, steps: int, warmup: int) -> dict:
@@ -226,8 +256,11 @@ def measure(cfg: PerfConfig, device: str = "cpu", large: bool = False) -> dict:
     out = {"device": str(dev), "image_size": cfg.image_size, "batch_size": cfg.batch_size,
            "threads": torch.get_num_threads(), "search": cfg.search,
            "vectors_per_step": sum(m.num_vectors for _, m in nws_layers(nws))}
-    out.update(_paired_steps(_Trainer(plain, x, y, cfg.lr, cfg.beta, False, dev),
-                             _Trainer(nws, x, y, cfg.lr, cfg.beta, True, dev, live), cfg.steps, cfg.warmup))
+    trainers = (_Trainer(plain, x, y, cfg.lr, cfg.beta, False, dev),
+                _Trainer(nws, x, y, cfg.lr, cfg.beta, True, dev, live))
+    out.update(_paired_steps(*trainers, cfg.steps, cfg.warmup))
+    # timed apart from the ratio's steps: the timers themselves cost a little
+    out["breakdown_cpu_s"] = step_breakdown(*trainers, max(1, min(cfg.steps, 5)))
     if large:
         return out
     out["exactness"] = check_exactness(nws, x, y, cfg.check_steps, cfg.check_lr, cfg.beta)
