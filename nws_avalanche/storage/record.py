@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from ..common.errors import ArtifactError
-from .codecs import decode_ints, encode_ints
+from ..common.schema import Int, check
+from .codecs import CODECS, decode_ints, encode_ints
 from .container import pack_state, read_container, unpack_state, write_container
 
 RECORD_FORMAT = 1
+MAX_INTS = 1 << 25  # integers decoded per field (256 MiB as int64), whatever a header claims
 STATE_PREFIX = "state/"
 LEGACY_CODEC = "bitpack"  # files written before the shared codec bit-packed their integers
 
@@ -84,12 +86,7 @@ class Record:
 
     def __init__(self, path: Path, header: dict, blobs: dict[str, bytes], state_prefix: str):
         self.path, self.header, self.blobs = path, header, blobs
-        try:
-            self.state = unpack_state(header.get("state", {}), blobs, state_prefix)
-        except KeyError as e:
-            raise ArtifactError(f"{path}: state entry {e.args[0]!r} is missing from the file") from None
-        except ValueError as e:
-            raise ArtifactError(f"{path}: a state entry does not match its declared shape: {e}") from None
+        self.state = unpack_state(header.get("state", {}), blobs, state_prefix, source=str(path))
 
     def _blob(self, name: str) -> bytes:
         if name not in self.blobs:
@@ -98,10 +95,18 @@ class Record:
         return self.blobs[name]
 
     def ints(self, name: str, n: int, alphabet: int) -> np.ndarray:
-        """``n`` int64 values of field ``name``, decoded with the record's codec."""
+        """``n`` int64 values of field ``name``, decoded with the record's codec; ``n`` and ``alphabet``
+        (often read from the header) are bounded first: at most ``MAX_INTS`` values are allocated."""
+        fix = "re-create it (delete the file and rerun the command that wrote it)"
+        check(n, Int(0, MAX_INTS), str(self.path), fix, where=f"{name} count")
+        check(alphabet, Int(1, 1 << 32), str(self.path), fix, where=f"{name} alphabet")
+        codec = self.header.get("codec", LEGACY_CODEC)
+        if not isinstance(codec, str) or codec not in CODECS.names():
+            raise ArtifactError(f"{self.path}: field codec {codec!r} is not one this version reads "
+                                f"({', '.join(sorted(CODECS.names()))}); {fix}")
         try:
-            return decode_ints(self._blob(name), n, alphabet, self.header.get("codec", LEGACY_CODEC))
-        except ValueError as e:
+            return decode_ints(self._blob(name), n, alphabet, codec)
+        except (ValueError, IndexError, OverflowError) as e:
             raise ArtifactError(f"{self.path}: field {name!r} does not decode: {e}") from None
 
     def f32(self, name: str, n: int | None = None) -> np.ndarray:
