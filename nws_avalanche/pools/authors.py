@@ -215,7 +215,10 @@ def import_authors(path, arch: str, in_channels: int = 3, quantised: bool = Fals
         model = _model(arch, 1, in_channels)
         pools = pools_from_embeds(embeds_from_list(blob, model, source), model, arch, source)
         return pools, None, None
-    state, embeds = split_checkpoint(blob)
+    try:
+        state, embeds = split_checkpoint(blob)
+    except ArtifactError as e:  # its messages name the entry; the file is named here
+        raise ArtifactError(f"{source}: {e}") from None
     if "fc.weight" not in state:
         raise ConfigError(f"{source} has no head (last_layer.weight): not a full NWS ResNet checkpoint")
     classes = state["fc.weight"].shape[0]

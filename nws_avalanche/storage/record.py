@@ -105,9 +105,14 @@ class Record:
             raise ArtifactError(f"{self.path}: field codec {codec!r} is not one this version reads "
                                 f"({', '.join(sorted(CODECS.names()))}); {fix}")
         try:
-            return decode_ints(self._blob(name), n, alphabet, codec)
+            values = decode_ints(self._blob(name), n, alphabet, codec)
         except (ValueError, IndexError, OverflowError) as e:
             raise ArtifactError(f"{self.path}: field {name!r} does not decode: {e}") from None
+        if values.size != n or (n and (int(values.min()) < 0 or int(values.max()) >= alphabet)):
+            bad = int(values.max()) if n and int(values.max()) >= alphabet else int(values.min()) if n else 0
+            raise ArtifactError(f"{self.path}: field {name!r} holds {values.size} values, one of them {bad}, "
+                                f"expected {n} values in [0, {alphabet}); {fix}")
+        return values
 
     def f32(self, name: str, n: int | None = None) -> np.ndarray:
         """Field ``name``'s float32 values (``n`` of them when given)."""
