@@ -24,7 +24,6 @@ channel mean/std of its training images): a few tensor ops, no PIL, no per-class
 from __future__ import annotations
 
 import os
-import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +72,8 @@ def _unpickle(path: Path) -> dict:
     except ForbiddenPickle as e:
         raise DataError(f"{path}: refused, not a genuine CIFAR-100 file: {e}. The real files hold only lists, "
                         f"strings, numbers and numpy arrays; re-extract {URL}") from None
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError) as e:
-        raise DataError(f"{path}: not a readable CIFAR-100 python pickle ({type(e).__name__}: {e}); "
+    except Exception as e:  # noqa: BLE001 - any other failure of a damaged pickle (struct, type, index, memo...)
+        raise DataError(f"{path}: not a readable CIFAR-100 python pickle ({type(e).__name__}: {str(e)[:160]}); "
                         f"re-extract {URL} so that cifar-100-python/ holds train, test and meta") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict pickle (CIFAR-100 python version), got {type(obj).__name__}")
