@@ -157,7 +157,7 @@ def setup_kinds(folder: Path) -> dict:
 
     def read_pretrained(p):
         from nws_avalanche.pools.pretrained import load_cached_pretrained
-        state, classes = load_cached_pretrained(p)
+        state, classes = load_cached_pretrained(p, "resnet-tiny", 1)
         build_arch("resnet-tiny", classes, in_channels=1).load_state_dict(state)
 
     def read_state_dict(p):

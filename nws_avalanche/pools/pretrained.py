@@ -28,6 +28,7 @@ from ..nets.models import build_arch
 from ..common.untrusted import read_text
 from ..common.schema import Int, Map, Obj, check
 from ..storage.container import file_sha256, pack_state, read_container, unpack_state, write_container
+from ..storage.record import MAX_CLASSES
 from ..storage.torch_file import load_torch, state_dict_of
 from .hub import resolve_pretrained
 from .pool_set import PoolSet, build_pools_kmeans, layer_specs
@@ -50,7 +51,6 @@ class Assets:
 
 PRETRAINED_SUFFIX = "nwsw"  # a checksummed container (container.py), not a pickle
 PRETRAINED_FORMAT = 1
-MAX_CLASSES = 1 << 20  # classes of a pretrained head (ImageNet-21k has 21843)
 
 
 def _key(d: dict) -> str:
@@ -140,8 +140,10 @@ def save_cached_pretrained(path: Path, state: dict[str, torch.Tensor], classes: 
                                   "state": metas}, blobs)
 
 
-def load_cached_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """The cached pretrained network, its checksum checked (a flipped byte is refused, not used)."""
+def load_cached_pretrained(path: Path, arch: str | None = None, in_channels: int = 3
+                           ) -> tuple[dict[str, torch.Tensor], int]:
+    """The cached pretrained network, its checksum checked (a flipped byte is refused, not used); with
+    ``arch``, its entries must be exactly that architecture's (names, shapes, dtypes)."""
     fix = (f"delete {path} and rerun: the run rebuilds it (pretraining again, or from the random seed); "
            f"runs that finished with the old file keep their results")
     try:
@@ -156,6 +158,13 @@ def load_cached_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], int]:
     if head is None or head.dim() != 2 or head.shape[0] != header["classes"]:
         raise ArtifactError(f"{path}: field classes ({header['classes']}) does not match its head "
                             f"fc.weight {list(head.shape) if head is not None else '(missing)'}; {fix}")
+    if arch is not None:
+        own = build_arch(arch, header["classes"], in_channels).state_dict()
+        bad = sorted(set(own) ^ set(state)) or [k for k in own if own[k].shape != state[k].shape
+                                                 or own[k].dtype != state[k].dtype]
+        if bad:
+            raise ArtifactError(f"{path}: entry {bad[0]!r} does not fit {arch} (missing, extra, or another "
+                                f"shape or dtype); {fix}")
     return state, header["classes"]
 
 
@@ -171,7 +180,7 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: boo
                    "mode": cfg.pretrained or "pretrain", "epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr}
         path = cache_root / f"pretrained-{_key({**pre_key, 'bench': bench.name})}.{PRETRAINED_SUFFIX}"
         if path.is_file():
-            state, classes = load_cached_pretrained(path)
+            state, classes = load_cached_pretrained(path, cfg.arch, bench.in_channels)
         else:
             if cfg.pretrained == "random":
                 torch.manual_seed(cfg.seed)

@@ -6,10 +6,10 @@ import statistics
 from pathlib import Path
 
 from ..common.schema import AnyOf, Float, Int, List, Map, Name, Null, Obj, Str
+from ..storage.record import MAX_TASKS
 
 MIB = float(1 << 20)
 RESULTS_FORMAT = 1
-MAX_TASKS = 10_000
 _ACC = AnyOf((Float(), Null()))
 # what every reader of results.json relies on (the runner skipping a finished run, report, verify)
 RESULTS_SCHEMA = Obj({

@@ -24,12 +24,19 @@ import numpy as np
 import torch
 
 from ..common.errors import ArtifactError
-from ..common.schema import Int, check
+from ..common.schema import Int, List, Obj, Str, check
 from .codecs import CODECS, decode_ints, encode_ints
 from .container import pack_state, read_container, unpack_state, write_container
 
 RECORD_FORMAT = 1
 MAX_INTS = 1 << 25  # integers decoded per field (256 MiB as int64), whatever a header claims
+MAX_CLASSES = 1 << 20  # classes of a head a header may ask for (ImageNet-21k has 21843)
+MAX_TASKS = 10_000
+FIX = "re-create it (delete the file and rerun the command that wrote it)"
+# header pieces the methods' schemas (``read_record(..., schema=)``) are made of
+SHAPE = List(Int(0, 1 << 24), min_len=1, max_len=8)
+CLASSES = Int(1, MAX_CLASSES)
+TASK_HEADER = Obj({"arch": Str(), "num_classes": CLASSES})  # what every per-task model file declares
 STATE_PREFIX = "state/"
 LEGACY_CODEC = "bitpack"  # files written before the shared codec bit-packed their integers
 
@@ -123,13 +130,16 @@ class Record:
         return np.frombuffer(data, dtype="<f4").copy()
 
 
-def read_record(path, kind: str, *, state_prefix: str = STATE_PREFIX) -> Record:
-    """Read and check a record written by ``write_record`` with this ``kind``."""
+def read_record(path, kind: str, *, state_prefix: str = STATE_PREFIX, schema=None) -> Record:
+    """Read and check a record written by ``write_record`` with this ``kind``; ``schema`` (``common.schema``):
+    what the method's header must hold, checked before the method uses any of it."""
     path = Path(path)
     header, blobs = read_container(path)
     if header.get("kind") != kind:
         raise ArtifactError(f"{path}: expected a {kind!r} file, found {header.get('kind')!r}")
     if header.get("format") != RECORD_FORMAT:
         raise ArtifactError(f"{path}: format {header.get('format')} unsupported (expected {RECORD_FORMAT})")
+    if schema is not None:
+        header = check(header, schema, str(path), FIX)
     return Record(path, header, blobs, state_prefix)
 
