@@ -135,7 +135,12 @@ def parse_yaml(text: str, source: str, fix: str, error: type[NWSError] = ConfigE
     that is not YAML is returned as the string it is (``--set key=value``), a limit still refuses it."""
     if len(text) > MAX_TEXT_BYTES:
         raise error(f"{source}: more than {MAX_TEXT_BYTES} characters of YAML; {fix}")
-    loader = _BoundedLoader(text)
+    try:  # the reader checks the characters in its constructor already
+        loader = _BoundedLoader(text)
+    except yaml.YAMLError as e:
+        if text_on_syntax_error:
+            return text
+        raise error(f"{source}: not valid YAML ({' '.join(str(e).split())[:160]}); {fix}") from None
     try:
         return loader.get_single_data()
     except (yaml.YAMLError, ValueError, RecursionError) as e:

@@ -34,6 +34,13 @@ def check_results_shape(r: dict, source: str, fix: str, error) -> dict:
     bad = next((k for k, n in sizes.items() if n != T), None)
     if bad is not None:
         raise error(f"{source}: field {bad} has {sizes[bad]} entries for {T} tasks; {fix}")
+    # a finished run has evaluated every task up to the current one, and its final row holds numbers
+    missing = next((f"accuracy_matrix[{i}][{j}]" for i in range(T) for j in range(i + 1) if mat[i][j] is None),
+                   None) or next((f"final_accuracy[{j}]" for j in range(T) if r["final_accuracy"][j] is None), None)
+    if missing is None and r["average_accuracy"] is None:
+        missing = "average_accuracy"
+    if missing is not None:
+        raise error(f"{source}: field {missing} is null in a finished run; {fix}")
     return r
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import stat
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,9 @@ def load_torch(path, what: str, fix: str, error: type[NWSError] = ArtifactError,
         raise error(f"{p}: {what} is not a regular file; {fix}")
     if head != ZIP_MAGIC:
         raise error(f"{p}: not a torch file in the zip format torch.save writes ({what}); {fix}")
-    try:
-        with torch.serialization.safe_globals(list(safe_globals)):
+    try:  # torch warns about odd pickle protocols of damaged files: the error below says it all
+        with torch.serialization.safe_globals(list(safe_globals)), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
