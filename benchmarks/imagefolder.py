@@ -114,7 +114,11 @@ def _exact_rgb(im, path: str):
             kind = "float" if im.mode == "F" else "integer"
             raise BadImage(f"a {kind} ({im.mode}) image with values outside [{lo_hi[0]}, {lo_hi[1]}], whose "
                            f"scale to 8 bits is unknown: convert it to 8-bit RGB")
-        return Image.fromarray(np.rint(a.astype(np.float64) * scale).astype(np.uint8), "L").convert("RGB")
+        if im.mode == "F":
+            out = np.rint(a.astype(np.float32) * np.float32(scale))
+        else:  # exact integer rounding of v * 255 / 65535, 4 bytes a pixel
+            out = (a.astype(np.uint32) * 255 + 32767) // 65535
+        return Image.fromarray(out.astype(np.uint8), "L").convert("RGB")
     return im.convert("RGB")
 
 
