@@ -65,7 +65,7 @@ def coerce(name: str, value: Any, default: Any, typ: Any) -> Any:
             raise bad("an integer")
         if not -INT_LIMIT <= out < INT_LIMIT:
             raise ConfigError(f"config key {name!r}: expects an integer that fits 64 bits, got one of "
-                              f"{len(str(abs(out)))} digits")
+                              f"{out.bit_length()} bits")
         return out
     if t == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):

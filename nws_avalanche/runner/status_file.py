@@ -1,4 +1,5 @@
-"""``status.json`` in every run folder: running / finished / failed, with the failure's last lines.
+"""``status.json`` in every run folder: running / finished / failed / interrupted, with the failure's
+last lines (or, interrupted, the command that resumes). A damaged file reads as no status.
 
 Written atomically by the runner at start, after every task, at the end and on failure, so
 ``nws-bench status DIR`` can list runs without importing torch or asking the scheduler.
