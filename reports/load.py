@@ -5,7 +5,7 @@ from pathlib import Path
 
 from nws_avalanche.common.errors import NWSError
 from nws_avalanche.common.untrusted import read_json
-from nws_avalanche.runner.results import RESULTS_SCHEMA, check_results_shape
+from nws_avalanche.storage.run_files import RESULTS_SCHEMA, check_results_shape
 
 
 def find_results(roots) -> list[Path]:

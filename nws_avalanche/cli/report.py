@@ -30,7 +30,7 @@ def verify_runs(dirs) -> int:
 
     from ..common.untrusted import read_json
     from ..runner.recovery import verify_results
-    from ..runner.results import RESULTS_SCHEMA
+    from ..storage.run_files import RESULTS_SCHEMA
 
     paths = find_results(dirs)
     for p in paths:

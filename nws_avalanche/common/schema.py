@@ -15,6 +15,13 @@ from typing import Any, Callable
 from .errors import ArtifactError, NWSError
 
 
+# bounds every reader shares (a header never sizes an allocation beyond them)
+MAX_POOL_SIZE = 1 << 16  # K, vectors per pool (the paper: 512)
+MAX_CLASSES = 1 << 16    # classes of one head (ImageNet-21k has 21843)
+MAX_INTS = 1 << 25       # integers decoded per record field (256 MiB as int64)
+MAX_TASKS = 10_000
+
+
 class SchemaError(Exception):
     """Internal: ``check`` turns it into the caller's NWSError with the file and the fix."""
 

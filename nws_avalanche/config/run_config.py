@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from ..common.errors import ConfigError
+from ..common.schema import MAX_POOL_SIZE
 from ..common.typed_options import build_options, coerce
 from ..common.untrusted import parse_yaml, read_yaml
 
@@ -45,7 +46,6 @@ class PoolSettings:
 
 
 POOL_DEFAULTS = PoolSettings()
-MAX_POOL_SIZE = 1 << 16  # K vectors per layer; the paper uses 512
 
 
 def check_pool_settings(pool_size: int, beta: float, group_size: int) -> None:

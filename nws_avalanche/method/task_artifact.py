@@ -18,8 +18,7 @@ import torch.nn as nn
 from ..common.errors import ArtifactError
 from ..nets.models import get_head
 from ..storage.codecs import DEFAULT_CODEC
-from ..common.schema import Int, List, Obj, Str, check
-from ..config.run_config import MAX_POOL_SIZE
+from ..common.schema import MAX_POOL_SIZE, Int, List, Obj, Str, check
 from ..storage.record import MAX_CLASSES, MAX_INTS, Ints, State, read_record, write_record
 from .fastbuild import skip_weight_init
 from .layers import nws_layers

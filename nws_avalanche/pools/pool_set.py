@@ -17,8 +17,7 @@ import torch.nn as nn
 from ..common.errors import ArtifactError, ConfigError
 from ..method.layers import NWSConv2d, NWSLinear
 from ..method.nwsify import convertible_layers, head_names
-from ..config.run_config import MAX_POOL_SIZE
-from ..common.schema import Bool, Int, List, Map, Obj, Str, check
+from ..common.schema import MAX_POOL_SIZE, Bool, Int, List, Map, Obj, Str, check
 from ..storage.container import pack_state, read_container, unpack_state, write_container
 from .kmeans import kmeans
 

@@ -18,10 +18,9 @@ from pathlib import Path
 
 from ..common.atomic import atomic_write_json
 from ..common.errors import ArtifactError
-from ..common.schema import AnyOf, Float, Int, List, Map, Name, Null, Obj, Str
+from ..common.schema import MAX_TASKS, AnyOf, Float, Int, List, Map, Name, Null, Obj, Str
 from ..common.untrusted import read_json
 from ..storage.container import file_sha256
-from .results import MAX_TASKS
 from .checkpoint import PROGRESS_KEYS, PROGRESS_NAME, Progress, restore
 
 POOLS_FILE = "pools.nwsp"

@@ -24,14 +24,11 @@ import numpy as np
 import torch
 
 from ..common.errors import ArtifactError
-from ..common.schema import Int, List, Obj, Str, check
+from ..common.schema import MAX_CLASSES, MAX_INTS, MAX_TASKS, Int, List, Obj, Str, check  # noqa: F401 - re-exported
 from .codecs import CODECS, decode_ints, encode_ints
 from .container import pack_state, read_container, unpack_state, write_container
 
 RECORD_FORMAT = 1
-MAX_INTS = 1 << 25  # integers decoded per field (256 MiB as int64), whatever a header claims
-MAX_CLASSES = 1 << 16  # classes of a head a header may ask for (ImageNet-21k has 21843)
-MAX_TASKS = 10_000
 FIX = "re-create it (delete the file and rerun the command that wrote it)"
 # header pieces the methods' schemas (``read_record(..., schema=)``) are made of
 SHAPE = List(Int(0, 1 << 24), min_len=1, max_len=8)
