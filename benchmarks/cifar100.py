@@ -73,7 +73,7 @@ def _unpickle(path: Path) -> dict:
         raise DataError(f"{path}: refused, not a genuine CIFAR-100 file: {e}. The real files hold only lists, "
                         f"strings, numbers and numpy arrays; re-extract {URL}") from None
     except Exception as e:  # noqa: BLE001 - any other failure of a damaged pickle (struct, type, index, memo...)
-        raise DataError(f"{path}: not a readable CIFAR-100 python pickle ({type(e).__name__}: {str(e)[:160]}); "
+        raise DataError(f"{path}: not a readable CIFAR-100 python pickle ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
                         f"re-extract {URL} so that cifar-100-python/ holds train, test and meta") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict pickle (CIFAR-100 python version), got {type(obj).__name__}")
