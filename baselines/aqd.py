@@ -43,13 +43,17 @@ from nws_avalanche.common.errors import ArtifactError, ConfigError
 from nws_avalanche.nets.models import build_arch, get_head, head_name, set_head
 from nws_avalanche.storage import paper_memory as paper
 from nws_avalanche.storage.codecs import CODECS, DEFAULT_CODEC
-from nws_avalanche.storage.record import Ints, State, read_record, write_record
+from nws_avalanche.common.schema import Bool, Int, List, Obj, Str
+from nws_avalanche.storage.record import CLASSES, SHAPE, Ints, State, read_record, write_record
 from nws_avalanche.strategies.methods import METHODS
 from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy, state_copy
 
 from .surgery import layers_of, replace_layers
 
 WEIGHT_STEPS = ("channel", "layer")
+# what an AQD task file's header holds (checked before a value is used)
+AQD_TASK = Obj({"arch": Str(), "num_classes": CLASSES, "bits": Int(2, 16), "full_precision_first": Bool(),
+                "full_precision_last": Bool(), "layers": List(Obj({"name": Str(), "shape": SHAPE}))})
 GRAD_SCALES = ("none", "lsq")
 
 
@@ -286,7 +290,7 @@ class AQD(TaskIncrementalStrategy):
 
     def read_task(self, t, directory) -> tuple[dict, dict[str, torch.Tensor], dict[str, np.ndarray]]:
         """(header, float state, layer -> signed integer weights) of task ``t``."""
-        rec = read_record(self.task_file(directory, t, "aqd"), "aqd-task")
+        rec = read_record(self.task_file(directory, t, "aqd"), "aqd-task", schema=AQD_TASK)
         bits = rec.header["bits"]
         ints = {lay["name"]: rec.ints(f"q/{lay['name']}", int(np.prod(lay["shape"])), 1 << bits) - (1 << (bits - 1))
                 for lay in rec.header["layers"]}

@@ -56,11 +56,13 @@ from nws_avalanche.common.errors import ArtifactError, ConfigError
 from nws_avalanche.method.task_state import PerTaskEval
 from nws_avalanche.nets.models import build_arch, get_head, head_name, set_head
 from nws_avalanche.storage import paper_memory as paper
-from nws_avalanche.storage.record import State, read_record, write_record
+from nws_avalanche.common.schema import Int, List, Obj
+from nws_avalanche.storage.record import CLASSES, MAX_TASKS, State, read_record, write_record
 from nws_avalanche.strategies.methods import METHODS
 from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy
 
 NETWORK_FILE = "network.dense"
+CL_NETWORK = Obj({"task": Int(0, MAX_TASKS), "num_classes": List(CLASSES, max_len=MAX_TASKS + 1)})
 
 
 class MultiHeadNet(MultiTaskModule):
@@ -251,7 +253,10 @@ class AvalancheMethod(TaskIncrementalStrategy):
         return []
 
     def _read_network(self, directory) -> tuple[dict, dict[str, torch.Tensor]]:
-        rec = read_record(Path(directory) / NETWORK_FILE, "cl-network")
+        rec = read_record(Path(directory) / NETWORK_FILE, "cl-network", schema=CL_NETWORK)
+        if len(rec.header["num_classes"]) != rec.header["task"] + 1:
+            raise ArtifactError(f"{rec.path}: field num_classes lists {len(rec.header['num_classes'])} heads for "
+                                f"tasks 0..{rec.header['task']}; rerun with --overwrite to redo the run")
         return rec.header, rec.state
 
     def rebuild_task(self, t, directory):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from nws_avalanche.nets.models import build_arch, set_head
 from nws_avalanche.storage import paper_memory as paper
-from nws_avalanche.storage.record import State, read_record, write_record
+from nws_avalanche.storage.record import TASK_HEADER, State, read_record, write_record
 from nws_avalanche.strategies.methods import METHODS
 from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy
 
@@ -32,7 +32,7 @@ class Finetune(TaskIncrementalStrategy):
         return [path]
 
     def rebuild_task(self, t, directory):
-        rec = read_record(self.task_file(directory, t, "dense"), "finetune-task")
+        rec = read_record(self.task_file(directory, t, "dense"), "finetune-task", schema=TASK_HEADER)
         model = build_arch(rec.header["arch"], rec.header["num_classes"], self.assets.in_channels)
         model.load_state_dict(rec.state)
         return model.eval()

@@ -19,7 +19,7 @@ import torch.nn as nn
 from nws_avalanche.common.errors import ArtifactError
 from nws_avalanche.nets.models import build_arch, head_name, set_head
 from nws_avalanche.storage import paper_memory as paper
-from nws_avalanche.storage.record import State, read_record, write_record
+from nws_avalanche.storage.record import TASK_HEADER, State, read_record, write_record
 from nws_avalanche.strategies.methods import METHODS
 from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy
 
@@ -75,7 +75,7 @@ class Frozen(TaskIncrementalStrategy):
 
     def rebuild_task(self, t, directory):
         backbone = self._read_backbone(directory)
-        rec = read_record(self.task_file(directory, t, "frozen"), "frozen-task")
+        rec = read_record(self.task_file(directory, t, "frozen"), "frozen-task", schema=TASK_HEADER)
         header = rec.header
         model: nn.Module = build_arch(header["arch"], header["num_classes"], self.assets.in_channels)
         try:

@@ -45,7 +45,8 @@ from nws_avalanche.common.errors import ArtifactError, ConfigError
 from nws_avalanche.nets.models import build_arch, set_head
 from nws_avalanche.storage import paper_memory as paper
 from nws_avalanche.storage.codecs import CODECS, DEFAULT_CODEC
-from nws_avalanche.storage.record import F32, Ints, State, read_record, write_record
+from nws_avalanche.common.schema import Int, List, Obj, Str
+from nws_avalanche.storage.record import CLASSES, F32, Ints, State, read_record, write_record
 from nws_avalanche.strategies.methods import METHODS
 from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy, state_copy
 from nws_avalanche.strategies.training import build_optimizer
@@ -54,6 +55,8 @@ from .chained_optim import ChainedOptimizer
 from .surgery import bn_state, layers_of, replace_layers
 
 BACKBONE_FILE = "ksm.backbone"
+KSM_TASK = Obj({"arch": Str(), "num_classes": CLASSES,
+                "layers": List(Obj({"name": Str(), "shape": List(Int(0, 1 << 24), min_len=2, max_len=4)}))})
 SCHEDULES = ("common", "cosine")
 
 
@@ -211,11 +214,14 @@ class KSM(TaskIncrementalStrategy):
 
     def read_task(self, t, directory) -> tuple[dict, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """(header, float state, layer -> (kept: bool per kernel, multiplier per kernel)) of task ``t``."""
-        rec = read_record(self.task_file(directory, t, "ksm"), "ksm-task")
+        rec = read_record(self.task_file(directory, t, "ksm"), "ksm-task", schema=KSM_TASK)
         masks = {}
         for layer in rec.header["layers"]:
             name, shape = layer["name"], layer["shape"]
             n = shape[0] * shape[1]
+            if int(np.prod(shape)) != n:
+                raise ArtifactError(f"{rec.path}: layer {name!r} has mask shape {shape}, expected one kernel per "
+                                    f"entry ([out, in, 1, 1]); delete it and rerun: the run retrains from task {t}")
             kept = rec.ints(f"bin/{name}", n, 2).astype(bool)
             soft = rec.f32(f"soft/{name}", int((~kept).sum()))
             mult = np.ones(n, dtype=np.float32)

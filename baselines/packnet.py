@@ -44,7 +44,8 @@ from nws_avalanche.common.errors import ArtifactError, ConfigError
 from nws_avalanche.nets.models import build_arch, get_head, set_head
 from nws_avalanche.storage import paper_memory as paper
 from nws_avalanche.storage.codecs import CODECS, DEFAULT_CODEC
-from nws_avalanche.storage.record import F32, Ints, State, read_record, write_record
+from nws_avalanche.common.schema import Int, List, Obj, Str
+from nws_avalanche.storage.record import MAX_TASKS, SHAPE, TASK_HEADER, F32, Ints, State, read_record, write_record
 from nws_avalanche.strategies.methods import METHODS
 from nws_avalanche.strategies.task_incremental import TaskIncrementalStrategy, state_copy
 from nws_avalanche.strategies.training import EpochLRSchedule, build_optimizer
@@ -52,6 +53,8 @@ from nws_avalanche.strategies.training import EpochLRSchedule, build_optimizer
 from .surgery import bn_state, layers_of, replace_layers
 
 BACKBONE_FILE = "packnet.backbone"
+PACKNET_BACKBONE = Obj({"tasks": Int(0, 255), "layers": List(Obj({"name": Str(), "shape": SHAPE}))})  # uint8 owners
+PACKNET_TASK = Obj({**TASK_HEADER.fields, "owner": Int(0, 255)})
 FREE_INITS = ("zero", "pretrained")
 
 
@@ -218,7 +221,7 @@ class PackNet(TaskIncrementalStrategy):
 
     def read_backbone(self, directory) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """layer -> (fp32 weights, owner ids) as stored in ``packnet.backbone``."""
-        rec = read_record(Path(directory) / BACKBONE_FILE, "packnet-backbone")
+        rec = read_record(Path(directory) / BACKBONE_FILE, "packnet-backbone", schema=PACKNET_BACKBONE)
         K = rec.header["tasks"] + 1
         out = {}
         for layer in rec.header["layers"]:
@@ -230,7 +233,7 @@ class PackNet(TaskIncrementalStrategy):
         return out
 
     def read_task(self, t, directory):
-        return read_record(self.task_file(directory, t, "packnet"), "packnet-task")
+        return read_record(self.task_file(directory, t, "packnet"), "packnet-task", schema=PACKNET_TASK)
 
     def rebuild_task(self, t, directory):
         backbone = self.read_backbone(directory)

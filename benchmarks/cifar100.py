@@ -24,7 +24,6 @@ channel mean/std of its training images): a few tensor ops, no PIL, no per-class
 from __future__ import annotations
 
 import os
-import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from nws_avalanche.common.safepickle import ForbiddenPickle, load_plain
 
 from .base import BENCHMARK_OPTIONS, BENCHMARKS, BenchmarkData, Task
 from .imagefolder import (VERIFY_MODES, check_not_empty, check_options, check_same_classes, handle_unreadable,
-                          list_dirs, scan_split)
+                          list_dirs, rgb_or_reason, scan_split)
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 PICKLES = ("train", "test", "meta")
@@ -73,8 +72,8 @@ def _unpickle(path: Path) -> dict:
     except ForbiddenPickle as e:
         raise DataError(f"{path}: refused, not a genuine CIFAR-100 file: {e}. The real files hold only lists, "
                         f"strings, numbers and numpy arrays; re-extract {URL}") from None
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError) as e:
-        raise DataError(f"{path}: not a readable CIFAR-100 python pickle ({type(e).__name__}: {e}); "
+    except Exception as e:  # noqa: BLE001 - any other failure of a damaged pickle (struct, type, index, memo...)
+        raise DataError(f"{path}: not a readable CIFAR-100 python pickle ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
                         f"re-extract {URL} so that cifar-100-python/ holds train, test and meta") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict pickle (CIFAR-100 python version), got {type(obj).__name__}")
@@ -88,19 +87,64 @@ def _need(d: dict, keys: tuple[str, ...], path: Path) -> None:
                         f"python version from {URL}?")
 
 
+_REFETCH = f"re-extract {URL}"
+
+
+def _flat(values, path: Path, key: str, kinds: tuple[type, ...], what: str) -> list:
+    """``values`` as a flat list whose every item is one of ``kinds`` (checked item by item, so nested or
+    shared lists are refused at their first item instead of being walked)."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1 or (np.integer in kinds and values.dtype.kind not in "iu"):
+            raise DataError(f"{path}: {key!r} is a {values.dtype} array of shape {values.shape}, expected a flat "
+                            f"list of {what}; {_REFETCH}")
+        return values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise DataError(f"{path}: {key!r} is {type(values).__name__}, expected a list of {what}; {_REFETCH}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, kinds):
+            raise DataError(f"{path}: {key}[{i}] is {type(v).__name__} {str(v)[:40]!r}, expected {what}; {_REFETCH}")
+    return list(values)
+
+
+def _labels(d: dict, key: str, path: Path) -> np.ndarray:
+    values = _flat(d[key], path, key, (int, np.integer), "integer labels")
+    if any(not -(1 << 62) < int(v) < (1 << 62) for v in values):
+        raise DataError(f"{path}: {key!r} holds an integer beyond any label; {_REFETCH}")
+    return np.asarray(values, dtype=np.int64)
+
+
+def _names(values, path: Path, key: str) -> list[str]:
+    names = [x.decode("latin1") if isinstance(x, bytes) else x
+             for x in _flat(values, path, key, (str, bytes, np.str_, np.bytes_), "names")]
+    names = [str(x) for x in names]
+    dup = next((x for i, x in enumerate(names) if x in names[:i]), None)
+    if dup is not None:
+        raise DataError(f"{path}: {key!r} lists {dup!r} twice; class names must be distinct; {_REFETCH}")
+    return names
+
+
 def _read_pickle_split(path: Path) -> CifarSplit:
     d = _unpickle(path)
     _need(d, ("data", "fine_labels", "coarse_labels"), path)
-    data = np.asarray(d["data"], dtype=np.uint8)
+    data = d["data"]
+    # the real files hold one uint8 array; anything else (floats, values above 255, nested lists) would be
+    # cast or walked silently
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        kind = f"a {data.dtype} array" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: 'data' is {kind}, expected a uint8 array of (N, 3072) rows of 32x32 RGB; "
+                        f"{_REFETCH}")
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: 'data' has shape {data.shape}, expected (N, 3072) uint8 rows of 32x32 RGB")
     n = len(data)
-    fine, coarse = np.asarray(d["fine_labels"], np.int64), np.asarray(d["coarse_labels"], np.int64)
+    fine, coarse = _labels(d, "fine_labels", path), _labels(d, "coarse_labels", path)
     if len(fine) != n or len(coarse) != n:
         raise DataError(f"{path}: {n} images but {len(fine)} fine and {len(coarse)} coarse labels")
     names = d.get("filenames")
-    names = [x.decode() if isinstance(x, bytes) else str(x) for x in names] if names is not None \
-        else [f"{i:06d}.png" for i in range(n)]
+    names = [x.decode("latin1") if isinstance(x, bytes) else str(x)
+             for x in _flat(names, path, "filenames", (str, bytes, np.str_, np.bytes_), "file names")] \
+        if names is not None else [f"{i:06d}.png" for i in range(n)]
+    if len(names) != n:
+        raise DataError(f"{path}: {n} images but {len(names)} file names; {_REFETCH}")
     return CifarSplit(data.reshape(n, 3, 32, 32), fine, coarse, names)
 
 
@@ -114,8 +158,8 @@ def _pickle_dir(root: Path) -> Path | None:
 def read_pickles(d: Path, opts: dict) -> CifarData:
     meta = _unpickle(d / "meta")
     _need(meta, ("fine_label_names", "coarse_label_names"), d / "meta")
-    fine_names = [x.decode() if isinstance(x, bytes) else str(x) for x in meta["fine_label_names"]]
-    coarse_names = [x.decode() if isinstance(x, bytes) else str(x) for x in meta["coarse_label_names"]]
+    fine_names = _names(meta["fine_label_names"], d / "meta", "fine_label_names")
+    coarse_names = _names(meta["coarse_label_names"], d / "meta", "coarse_label_names")
     train, test = _read_pickle_split(d / "train"), _read_pickle_split(d / "test")
     for name, split in (("train", train), ("test", test)):
         for labels, names, kind in ((split.fine, fine_names, "fine"), (split.coarse, coarse_names, "coarse")):
@@ -131,13 +175,10 @@ def _folder_root(root: Path) -> Path | None:
 
 
 def _decode32(path: str) -> np.ndarray | str:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            a = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as e:
-        return f"{type(e).__name__}: {e}"
+    im, why = rgb_or_reason(path)
+    if im is None:
+        return why
+    a = np.asarray(im)
     if a.shape != (32, 32, 3):
         return f"size {a.shape[1]}x{a.shape[0]}, CIFAR-100 images are 32x32"
     return a

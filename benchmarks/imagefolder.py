@@ -25,15 +25,33 @@ SKIP_HINT = ("replace or remove these files, or set benchmark_options.skip_unrea
              "(--set benchmark_options.skip_unreadable=true) to skip them")
 
 
+def _entries(folder: Path, keep: Callable) -> list[str]:
+    """Sorted names of ``folder``'s entries that ``keep(entry)``; a folder or entry that cannot be read
+    (a symbolic link loop, a dangling link, no permission) is a ``DataError`` naming it."""
+    try:
+        with os.scandir(folder) as it:
+            out = []
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                try:
+                    if keep(e):
+                        out.append(e.name)
+                except OSError as err:
+                    raise DataError(f"{os.path.join(folder, e.name)}: cannot be read ({err.strerror or err}: a "
+                                    f"symbolic link loop or an unreadable entry); remove or fix it") from None
+            return sorted(out)
+    except OSError as err:
+        raise DataError(f"{folder}: cannot be listed ({err.strerror or err}: a symbolic link loop or an "
+                        f"unreadable folder); remove or fix it") from None
+
+
 def list_dirs(folder: Path) -> list[str]:
-    with os.scandir(folder) as it:
-        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    return _entries(folder, lambda e: e.is_dir())
 
 
 def list_images(folder: Path) -> list[str]:
-    with os.scandir(folder) as it:
-        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_file()
-                      and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS)
+    return _entries(folder, lambda e: os.path.splitext(e.name)[1].lower() in IMAGE_EXTS and e.is_file())
 
 
 def scan_split(split_dir: Path) -> dict[str, list[str]]:
@@ -77,8 +95,60 @@ def check_options(benchmark: str, opts: dict, known: set[str]) -> None:
 
 
 # -- decoding -------------------------------------------------------------------------------------
+MAX_PIXELS = 89_478_485  # PIL's own default bound (about 268 MB decoded as RGB): a larger header is refused
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _exact_rgb(im, path: str):
+    """``im`` as 8-bit RGB without clipping: 16-bit and 32-bit integer images scaled from [0, 65535], float
+    images from [0, 1]; values outside those ranges (their meaning unknown) are refused naming the file."""
+    from PIL import Image
+
+    if im.mode in _SIXTEEN_BIT or im.mode in ("I", "F"):
+        a = np.asarray(im)
+        if im.mode == "F":
+            lo_hi, scale = (0.0, 1.0), 255.0
+        else:
+            lo_hi, scale = (0, 65535), 255.0 / 65535.0
+        if a.size and (not np.isfinite(a).all() or a.min() < lo_hi[0] or a.max() > lo_hi[1]):
+            kind = "float" if im.mode == "F" else "integer"
+            raise BadImage(f"a {kind} ({im.mode}) image with values outside [{lo_hi[0]}, {lo_hi[1]}], whose "
+                           f"scale to 8 bits is unknown: convert it to 8-bit RGB")
+        if im.mode == "F":
+            out = np.rint(a.astype(np.float32) * np.float32(scale))
+        else:  # exact integer rounding of v * 255 / 65535, 4 bytes a pixel
+            out = (a.astype(np.uint32) * 255 + 32767) // 65535
+        return Image.fromarray(out.astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
+
+
+def _open_checked(path: str):
+    """``Image.open`` with the pixel bound checked from the header, before any decoding."""
+    from PIL import Image
+
+    im = Image.open(path)
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise BadImage(f"its header declares {w} x {h} pixels, more than the {MAX_PIXELS} this harness decodes "
+                       f"(a decompression bomb or a huge scan): resize it")
+    return im
+
+
+class BadImage(Exception):
+    """An image refused by this reader (the reason in words)."""
+
+
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, BadImage)  # + Image.DecompressionBombError (imported lazily)
+
+
+def _reason(e: BaseException) -> str:
+    return str(e) if isinstance(e, BadImage) else f"{type(e).__name__}: {str(e)[:200]}"
+
+
 def open_rgb(path: str, draft: int | None = None):
-    """Decode ``path`` as an RGB PIL image (grayscale, palette, CMYK, alpha all become RGB).
+    """Decode ``path`` as an RGB PIL image (grayscale, palette, CMYK, alpha all become RGB; 16-bit and
+    float images are scaled exactly, ``_exact_rgb``).
 
     ``draft``: for JPEGs, let the decoder downscale by 1/2, 1/4 or 1/8 in the DCT domain while
     keeping both sides >= ``draft``: far less decoding work when the file is much larger than
@@ -87,23 +157,34 @@ def open_rgb(path: str, draft: int | None = None):
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             if draft and im.format == "JPEG":
                 im.draft("RGB", (draft, draft))
-            return im.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable files
-        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); {SKIP_HINT}") from None
+            return _exact_rgb(im, path)
+    except (*_PIL_ERRORS, Image.DecompressionBombError) as e:  # PIL's errors for unreadable files
+        raise DataError(f"cannot read image {path} ({_reason(e)}); {SKIP_HINT}") from None
+
+
+def rgb_or_reason(path: str):
+    """``(RGB image, None)`` or ``(None, why it is refused)``: ``open_rgb`` for callers that collect reasons."""
+    from PIL import Image
+
+    try:
+        with _open_checked(path) as im:
+            return _exact_rgb(im, path), None
+    except (*_PIL_ERRORS, Image.DecompressionBombError) as e:
+        return None, _reason(e)
 
 
 def _problem(path: str, mode: str) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             if mode == "full":
-                im.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as e:
-        return f"{type(e).__name__}: {e}"
+                _exact_rgb(im, path)
+    except (*_PIL_ERRORS, Image.DecompressionBombError) as e:
+        return _reason(e)
     return None
 
 

@@ -1,10 +1,11 @@
 """Find and read ``results.json`` files."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from nws_avalanche.common.errors import NWSError
+from nws_avalanche.common.untrusted import read_json
+from nws_avalanche.storage.run_files import RESULTS_SCHEMA, check_results_shape
 
 
 def find_results(roots) -> list[Path]:
@@ -23,10 +24,8 @@ def find_results(roots) -> list[Path]:
 def load_results(roots) -> list[dict]:
     out = []
     for p in find_results(roots):
-        try:
-            r = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise NWSError(f"{p}: not valid JSON ({e}); rerun that run or delete the file") from None
+        fix = "rerun that run (the same command rebuilds it) or delete the file"
+        r = check_results_shape(read_json(p, "results file", fix, RESULTS_SCHEMA), str(p), fix, NWSError)
         r["_path"] = str(p)
         out.append(r)
     if not out:

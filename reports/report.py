@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from nws_avalanche.common.atomic import atomic_write_text
+from nws_avalanche.common.atomic import atomic_write_text, output_error
+from nws_avalanche.common.errors import NWSError, OutputError
 
 from .figures import (accuracy_heatmap_figure, accuracy_memory_figure, groups, has_selection_counts,
                       memory_growth_figure, pool_utilisation, pool_utilisation_figure, save_figure,
@@ -64,12 +65,31 @@ def line_progress():
     return progress
 
 
+def check_same_tasks(results: list[dict]) -> None:
+    """Every seed of a (benchmark, method) group must have the same tasks: means over seeds of
+    different task sequences mean nothing (refused, naming two runs that differ)."""
+    for (b, label), rs in groups(results).items():
+        first = rs[0]
+        for r in rs[1:]:
+            if r["tasks"] != first["tasks"]:
+                raise NWSError(f"{label} on {b}: runs with different tasks ({len(first['tasks'])} in "
+                               f"{first['_path']}, {len(r['tasks'])} in {r['_path']}); report them separately "
+                               f"(one report command per task setting)")
+
+
 def write_report(roots, out: Path, progress=None) -> Path:
     """``progress(group)``, if given, is called after the tables and after each figure group."""
     done = progress or (lambda group: None)
     results = load_results(roots)
+    check_same_tasks(results)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"report --out {out} is a file, not a folder; give a folder for the report (or remove "
+                          f"that file)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(out, e) from None
     acc, mem = accuracy_table(results), memory_table(results)
     atomic_write_text(out / "accuracy.csv", accuracy_stats(results).to_csv(index=False))
     atomic_write_text(out / "memory.csv", memory_stats(results).to_csv(index=False))

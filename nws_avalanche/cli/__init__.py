@@ -9,6 +9,7 @@ import pkgutil
 import sys
 
 from ..common.errors import NWSError
+from ..common.interrupt import Interrupted, interrupted_message, set_command, stop_on_signals
 from ..common.registry import Registry
 
 COMMANDS: Registry = Registry("command")
@@ -41,14 +42,16 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _, (_, run) = COMMANDS.get(args.command)
+    set_command(list(sys.argv[1:] if argv is None else argv))
     try:
-        return int(run(args) or 0)
+        with stop_on_signals():
+            return int(run(args) or 0)
     except NWSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished tasks and files already written are kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # SIGINT or SIGTERM (common.interrupt)
+        print(interrupted_message(e), file=sys.stderr)
+        return e.exit_code if isinstance(e, Interrupted) else 130
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import time
 import numpy as np
 
 from . import command
-from ..common.errors import ConfigError
+from ..common.atomic import USER_FIXABLE
+from ..common.errors import ConfigError, OutputError
 from ..config.run_config import build_config
 
 
@@ -36,10 +37,21 @@ def _config(args, **extra_opts):
     return cfg
 
 
+def _has_option(benchmark: str, name: str) -> bool:
+    """Whether ``benchmark``'s options dataclass declares ``name`` (split-digits has no ``verify``)."""
+    import dataclasses
+
+    from benchmarks.base import BENCHMARK_OPTIONS, BENCHMARKS
+
+    BENCHMARKS.get(benchmark)  # an unknown name: the registry's own error
+    return benchmark in BENCHMARK_OPTIONS and name in {f.name for f in dataclasses.fields(BENCHMARK_OPTIONS.get(benchmark))}
+
+
 def check(args) -> int:
     from benchmarks import build_benchmark
 
-    cfg = _config(args, **({} if args.quick else {"verify": "full"}))
+    full = not args.quick and _has_option(args.benchmark, "verify")
+    cfg = _config(args, **({"verify": "full"} if full else {}))
     bench = build_benchmark(cfg)
     print(f"{bench.name}: {len(bench.tasks)} task(s) from {cfg.data_root or '(embedded data)'}")
     print(f"{'#':>3}  {'task':<32}{'classes':>8}{'train':>9}{'test':>8}{'min/class (train/test)':>25}")
@@ -88,6 +100,8 @@ def generate(args) -> int:
     if not args.data_root:
         raise ConfigError("data generate: give --data-root DIR to write into")
     root = Path(args.data_root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"data generate: --data-root {root} is a file, not a folder; give a folder to write into")
     cfg = _config(args)
     writers = {
         "split-cifar100": lambda: synthetic.write_cifar100_pickles(root, args.per_class, max(1, args.per_class // 2)),
@@ -97,7 +111,12 @@ def generate(args) -> int:
     }
     if args.benchmark not in writers:
         raise ConfigError(f"data generate knows {', '.join(sorted(writers))}, not {args.benchmark!r}")
-    writers[args.benchmark]()
+    try:
+        writers[args.benchmark]()
+    except OSError as e:
+        cause = USER_FIXABLE.get(e.errno, e.strerror or type(e).__name__)
+        raise OutputError(f"data generate: cannot write {e.filename or root}: {cause}; give a writable folder "
+                          f"as --data-root") from None
     print(f"wrote generated {args.benchmark} data under {root}")
     return 0
 

@@ -26,16 +26,14 @@ command("report", "write accuracy/memory tables and figures from results.json fi
 
 def verify_runs(dirs) -> int:
     """Check every run's artifacts against its results.json (exit 2 naming the first bad file)."""
-    import json
-
     from reports.load import find_results
 
+    from ..common.untrusted import read_json
     from ..runner.recovery import verify_results
+    from ..storage.run_files import RESULTS_SCHEMA
 
     paths = find_results(dirs)
     for p in paths:
-        try:
-            verify_results(p, json.loads(p.read_text()))
-        except json.JSONDecodeError:
-            continue  # load_results names it
+        verify_results(p, read_json(p, "results file", "rerun that run (the same command rebuilds it) or delete "
+                                                       "the file", RESULTS_SCHEMA))
     return len(paths)

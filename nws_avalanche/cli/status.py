@@ -61,7 +61,7 @@ def main(args):
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for r in rows:
-        if r["state"] in ("failed", "died") and r["error"]:
+        if r["state"] in ("failed", "died", "interrupted") and r["error"]:
             tail = r["error"].splitlines()[-args.lines:]
             print(f"\n--- {r['run']} ({r['state']}):\n" + "\n".join("    " + line for line in tail))
     return 1 if any(r["state"] in ("failed", "died") for r in rows) else 0

@@ -5,7 +5,8 @@ The temp file gets the mode a plain ``open(path, "w")`` would give: the existing
 to collaborators on a shared machine). A write that fails for a reason the user fixes (no space,
 quota, read-only file system, permission) removes the temp file, leaves ``path`` as it was and
 raises ``OutputError`` naming the path and the cause (also when a writer such as ``torch.save``
-wraps the OSError in its own error while the disk is full).
+wraps the OSError in its own error while the disk is full). A symbolic link or a non-regular file
+at ``path`` is refused by name (``refuse_link``): nothing is ever written through a link.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ USER_FIXABLE = {
     errno.EPERM: "operation not permitted",
     errno.ENOTDIR: "a component of the path is not a folder",
     errno.ENOENT: "a folder on the path does not exist and cannot be created",
+    errno.EEXIST: "a file stands where a folder of the path should be",
+    errno.EISDIR: "a folder stands where the file should be",
+    errno.ELOOP: "a symbolic link loop on the path",
 }
 _umask_lock = threading.Lock()
 
@@ -50,7 +54,7 @@ def process_umask() -> int:
 
 def _mode_for(path: Path) -> int:
     try:
-        return stat.S_IMODE(os.stat(path).st_mode)
+        return stat.S_IMODE(os.lstat(path).st_mode)
     except OSError:
         return 0o666 & ~process_umask()
 
@@ -62,11 +66,30 @@ def output_error(path, e: OSError) -> OutputError:
                        f"after the last finished task")
 
 
+def refuse_link(path: Path) -> None:
+    """``path`` must be a regular file or absent: a symbolic link (or a folder, fifo, device) where
+    the harness writes a file is refused by name, so no write ever lands in another file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # the write itself reports an unreadable folder
+    if stat.S_ISLNK(st.st_mode):
+        raise OutputError(f"{path} is a symbolic link where the harness writes a regular file; it is left as it "
+                          f"is and nothing was written through it: remove the link (rm {path}) and rerun")
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"{path} is not a regular file (a folder or special file) where the harness writes one; "
+                          f"move it away and rerun")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Write through ``write(fileobj)`` to a temp file beside ``path``, then rename over it."""
     path = Path(path)
+    refuse_link(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # mkstemp opens with O_CREAT | O_EXCL | O_NOFOLLOW: the temp file is always a new regular file
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         if e.errno in USER_FIXABLE:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import ConfigError
 
+INT_LIMIT = 1 << 63  # every integer setting must fit int64 (ranges are checked by each dataclass)
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
@@ -29,7 +30,12 @@ def coerce(name: str, value: Any, default: Any, typ: Any) -> Any:
     t, optional = _split_type(typ)
 
     def bad(expected: str):
-        return ConfigError(f"config key {name!r}: expects {expected}, got {value!r}")
+        try:
+            shown = repr(value)
+        except ValueError:  # an int too long to print
+            shown = "a huge integer"
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return ConfigError(f"config key {name!r}: expects {expected}, got {shown}")
 
     if value is None:
         if optional:
@@ -43,24 +49,32 @@ def coerce(name: str, value: Any, default: Any, typ: Any) -> Any:
             return value.strip().lower() in TRUE
         raise bad("true or false")
     if t == "int":
+        out = None
         if isinstance(value, bool):
             raise bad("an integer")
         if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
+            out = value
+        elif isinstance(value, float) and value.is_integer():
+            out = int(value)
+        elif isinstance(value, str) and len(value.strip()) <= 40:  # int() of a huge string costs quadratic time
             try:
-                return int(value.strip())
+                out = int(value.strip())
             except ValueError:
                 pass
-        raise bad("an integer")
+        if out is None:
+            raise bad("an integer")
+        if not -INT_LIMIT <= out < INT_LIMIT:
+            raise ConfigError(f"config key {name!r}: expects an integer that fits 64 bits, got one of "
+                              f"{out.bit_length()} bits")
+        return out
     if t == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad("a finite number")
+        if isinstance(value, str) and len(value.strip()) > 64:
+            raise bad("a finite number")
         try:
             out = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise bad("a finite number") from None
         if not math.isfinite(out):
             raise bad("a finite number")

@@ -21,7 +21,9 @@ from typing import Any
 import yaml
 
 from ..common.errors import ConfigError
+from ..common.schema import MAX_POOL_SIZE
 from ..common.typed_options import build_options, coerce
+from ..common.untrusted import parse_yaml, read_yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -62,9 +64,9 @@ POOL_DEFAULTS = PoolSettings()
 
 
 def check_pool_settings(pool_size: int, beta: float, group_size: int) -> None:
-    _need(pool_size >= 2, f"pool_size must be >= 2 (got {pool_size}); the paper uses 512")
+    _need(2 <= pool_size <= MAX_POOL_SIZE, f"pool_size must be >= 2 (got {pool_size}) and at most {MAX_POOL_SIZE}; the paper uses 512")
     _need(beta >= 0, f"beta must be >= 0 (got {beta}); the paper uses 0.5 (CIFAR) / 0.1 (CUB)")
-    _need(group_size >= 1, f"group_size must be >= 1 (got {group_size})")
+    _need(1 <= group_size <= 4096, f"group_size must be >= 1 (got {group_size}) and at most 4096")
 
 
 @dataclass
@@ -181,10 +183,7 @@ def load_yaml(path_or_name: str) -> dict:
             names = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
             raise ConfigError(f"config {path_or_name!r} is neither a file nor a preset; presets: {', '.join(names)}")
         p = candidate
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    data = read_yaml(p, "config file", "fix the file (a mapping of config keys, see the presets)") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of config keys, got {type(data).__name__}")
     return data
@@ -195,10 +194,7 @@ def parse_set(item: str) -> dict:
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
-        value = raw
+    value = parse_yaml(raw, f"--set {key}", "write the value plainly", text_on_syntax_error=True) if raw != "" else None
     parts = key.strip().split(".")
     if parts[0] not in FIELD_NAMES and len(parts) > 1:
         parts = ["method_options"] + parts  # packnet.prune_ratio -> method_options.packnet.prune_ratio

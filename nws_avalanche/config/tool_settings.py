@@ -20,6 +20,7 @@ import yaml
 
 from ..common.errors import ConfigError
 from ..common.typed_options import build_options
+from ..common.untrusted import parse_yaml
 from .run_config import PoolSettings, _need, load_yaml
 
 
@@ -162,10 +163,7 @@ def _yaml_value(f, raw: str) -> Any:
     setting, which keeps the text as given (a path ``yes`` stays a path)."""
     if f is not None and str(f.type).split(" ")[0] == "str":
         return raw
-    try:
-        return yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
-        return raw
+    return parse_yaml(raw, raw[:40], "write the value plainly", text_on_syntax_error=True) if raw != "" else None
 
 
 def settings_from_args(cls, args: argparse.Namespace, prefix: str, **fixed: Any):

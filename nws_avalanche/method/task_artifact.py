@@ -18,7 +18,8 @@ import torch.nn as nn
 from ..common.errors import ArtifactError
 from ..nets.models import get_head
 from ..storage.codecs import DEFAULT_CODEC
-from ..storage.record import Ints, State, read_record, write_record
+from ..common.schema import MAX_POOL_SIZE, Int, List, Obj, Str, check
+from ..storage.record import MAX_CLASSES, MAX_INTS, Ints, State, read_record, write_record
 from .fastbuild import skip_weight_init
 from .layers import nws_layers
 
@@ -49,12 +50,36 @@ def save_nws_task(path, model: nn.Module, *, task: int, arch: str, num_classes: 
                                 "pool_digest": pool_digest, "layers": layers, **(extra or {})})
 
 
-def read_nws_task(path) -> tuple[dict, dict[str, np.ndarray], dict[str, torch.Tensor]]:
-    """(header, decoded indices per layer, the other state entries) of a task artifact."""
+FIX = "delete it and rerun the same command: the run retrains from that task"
+TASK_HEADER = Obj({
+    "num_classes": Int(1, MAX_CLASSES), "pool_fingerprint": Str(max_len=128), "pool_digest": Str(max_len=128),
+    "layers": List(Obj({"name": Str(max_len=1024), "n": Int(0, MAX_INTS), "K": Int(2, MAX_POOL_SIZE)}),
+                   max_len=1 << 14),
+})
+
+
+def read_nws_task(path, expect: dict[str, tuple[int, int]] | None = None
+                  ) -> tuple[dict, dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """(header, decoded indices per layer, the other state entries) of a task artifact. ``expect``:
+    the model's ``{layer: (number of indices, K)}``; the header must match it before anything is
+    decoded (otherwise at most ``record.MAX_INTS`` indices per layer are allocated)."""
     rec = read_record(path, "nws-task")
+    return _decode(rec, check(rec.header, TASK_HEADER, str(path), FIX), expect)
+
+
+def _decode(rec, header: dict, expect: dict[str, tuple[int, int]] | None):
+    path = rec.path
+    if expect is not None:
+        have = {lay["name"]: (lay["n"], lay["K"]) for lay in header["layers"]}
+        if set(have) != set(expect):
+            raise ArtifactError(f"{path}: layers {sorted(set(have) ^ set(expect))[:5]} differ from the model; {FIX}")
+        for name, (n, K) in have.items():
+            if (n, K) != expect[name]:
+                raise ArtifactError(f"{path}: layer {name!r} declares {n} indices into a pool of {K}, the model "
+                                    f"has {expect[name][0]} kernels and pools of {expect[name][1]}; {FIX}")
     indices = {layer["name"]: rec.ints(f"idx/{layer['name']}", layer["n"], layer["K"])
-               for layer in rec.header["layers"]}
-    return rec.header, indices, rec.state
+               for layer in header["layers"]}
+    return header, indices, rec.state
 
 
 def load_nws_task(path, build: Callable[[int], nn.Module], pool_fingerprint: str, pool_digest: str,
@@ -65,7 +90,8 @@ def load_nws_task(path, build: Callable[[int], nn.Module], pool_fingerprint: str
     task's size, the task's indices and state are loaded into it in place (a task switch)
     instead of building a new skeleton. Every value of the model is overwritten either way.
     """
-    header, indices, state = read_nws_task(path)
+    rec = read_record(path, "nws-task")
+    header = check(rec.header, TASK_HEADER, str(path), FIX)
     if header["pool_fingerprint"] != pool_fingerprint or header["pool_digest"] != pool_digest:
         raise ArtifactError(f"{path}: written against other pools (fingerprint "
                             f"{header['pool_fingerprint']}, digest {header['pool_digest'][:12]}) than "
@@ -76,12 +102,14 @@ def load_nws_task(path, build: Callable[[int], nn.Module], pool_fingerprint: str
         with skip_weight_init():  # every value is loaded below; drawing random inits only costs time
             model = build(header["num_classes"])
     layers = dict(nws_layers(model))
-    if set(layers) != set(indices):
-        raise ArtifactError(f"{path}: layers {sorted(set(layers) ^ set(indices))} differ from the model")
+    _, indices, state = _decode(rec, header, {name: (m.num_vectors, m.pool_size) for name, m in layers.items()})
     for name, idx in indices.items():
         m = layers[name]
-        if idx.size != m.num_vectors or (idx.size and int(idx.max()) >= m.pool_size):
-            raise ArtifactError(f"{path}: layer {name!r} has {idx.size} indices, model needs {m.num_vectors}")
+        if idx.size != m.num_vectors:
+            raise ArtifactError(f"{path}: layer {name!r} has {idx.size} indices, the model needs {m.num_vectors}; {FIX}")
+        if idx.size and (int(idx.max()) >= m.pool_size or int(idx.min()) < 0):
+            raise ArtifactError(f"{path}: layer {name!r} has index {int(idx.max())} outside its pool of "
+                                f"{m.pool_size} vectors; {FIX}")
         m.indices.copy_(torch.from_numpy(idx))
         m.load_rebuilt_into_weight()
     missing = set(model.state_dict()) - _nws_owned_keys(model) - set(state)

@@ -23,7 +23,6 @@ vectors) imports unchanged; ``quantised`` networks are rebuilt in their layout.
 """
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from ..common.errors import ArtifactError, ConfigError
 from ..method.nwsify import convertible_layers
 from ..method.search import nearest
 from ..nets.models import build_arch
+from ..storage.torch_file import load_torch
 from .pool_set import PoolSet, layer_specs
 
 THEIR_QUANTIZER = "models.quantizer.Quantize"
@@ -53,19 +53,13 @@ class QuantizerRecord:
 
 
 def read_authors_file(path) -> object:
-    """Unpickle their file with torch's weights-only unpickler plus their quantiser class."""
+    """Unpickle their file with the weights-only reader (``storage.torch_file``) plus their quantiser class."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p} not found; give the authors' pretraining checkpoint or shared_kernel_pools.pt")
-    try:
-        with torch.serialization.safe_globals([(QuantizerRecord, THEIR_QUANTIZER)]):
-            return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{p}: refused; it is not one of the authors' files or it names code this "
-                            f"reader does not run ({first[:300]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ArtifactError(f"{p}: not a torch file this reader can open ({type(e).__name__}: {e})") from None
+    return load_torch(p, "the authors' checkpoint or shared_kernel_pools.pt",
+                      "give one of the files the NWS authors released (see README, 'Importing the authors' pools')",
+                      safe_globals=[(QuantizerRecord, THEIR_QUANTIZER)])
 
 
 _BLOCK = re.compile(r"^conv(\d+)_x\.NwsRes(\d+)\.(residual_function|shortcut)\.(\d+)\.(.+)$")
@@ -99,6 +93,8 @@ def _their_state(blob) -> dict[str, torch.Tensor]:
         raise ArtifactError("not the authors' checkpoint: expected a dict with a 'model' (or 'state_dict') state_dict")
     out = {}
     for k, v in state.items():
+        if not isinstance(k, str):
+            raise ArtifactError(f"key {k!r} of the authors' checkpoint is not a string: not a state_dict")
         for prefix in ("module.", "backbone."):
             k = k.removeprefix(prefix)
         out[k] = v
@@ -146,9 +142,11 @@ def pools_from_embeds(embeds: dict[str, torch.Tensor], model: nn.Module, arch: s
     """Our PoolSet from their per-layer ``embed`` [d, K]; every convertible layer needs one."""
     layers = dict(convertible_layers(model, include_head=True))
     group_sizes = {}
+    Ks = {}
     for name, m in layers.items():
         if name not in embeds:
             raise ConfigError(f"{source} has no pool for our layer {name!r}")
+        Ks[name] = check_embed(embeds[name], name, source)
         d = embeds[name].shape[0]
         if isinstance(m, nn.Linear):
             area, cin = 1, m.in_features
@@ -162,9 +160,30 @@ def pools_from_embeds(embeds: dict[str, torch.Tensor], model: nn.Module, arch: s
     extra = sorted(set(embeds) - set(layers))
     if extra:
         raise ConfigError(f"{source} has a pool for {extra[0]!r}, which this architecture lacks")
+    if len(set(Ks.values())) > 1:
+        first, other = next(iter(Ks.items())), next((n, k) for n, k in Ks.items() if k != next(iter(Ks.values())))
+        raise ArtifactError(f"{source}: pools of different sizes (layer {first[0]!r} K={first[1]}, layer "
+                            f"{other[0]!r} K={other[1]}); NWS needs one K for every layer: use the authors' file "
+                            f"as released")
     specs = layer_specs(model, include_head=True, group_sizes=group_sizes)
     tables = {s["name"]: embeds[s["name"]].t().contiguous().float() for s in specs}
     return PoolSet(arch, specs, tables)
+
+
+def check_embed(embed, name: str, source: str) -> int:
+    """K of one of their pools ``embed`` [d, K]: a real floating 2-D table with d >= 1, K >= 2 and finite
+    values, else an ArtifactError naming the layer (a K = 0 pool would crash the run, a NaN pool
+    would surface as divergence blamed on the learning rate)."""
+    fix = "use the authors' file as released (or rebuild the pools: nws-bench build-pools)"
+    if not isinstance(embed, torch.Tensor) or not embed.is_floating_point():
+        kind = str(embed.dtype).replace("torch.", "") if isinstance(embed, torch.Tensor) else type(embed).__name__
+        raise ArtifactError(f"{source}: the pool of layer {name!r} is {kind}, not a real floating table; {fix}")
+    if embed.dim() != 2 or embed.shape[0] < 1 or embed.shape[1] < 2:
+        raise ArtifactError(f"{source}: the pool of layer {name!r} is {list(embed.shape)}; a pool is [d, K] with "
+                            f"d >= 1 and K >= 2; {fix}")
+    if not bool(torch.isfinite(embed).all()):
+        raise ArtifactError(f"{source}: the pool of layer {name!r} holds NaN or Inf values; {fix}")
+    return int(embed.shape[1])
 
 
 def embeds_from_list(records: list, model: nn.Module, source: str) -> dict[str, torch.Tensor]:
@@ -196,7 +215,10 @@ def import_authors(path, arch: str, in_channels: int = 3, quantised: bool = Fals
         model = _model(arch, 1, in_channels)
         pools = pools_from_embeds(embeds_from_list(blob, model, source), model, arch, source)
         return pools, None, None
-    state, embeds = split_checkpoint(blob)
+    try:
+        state, embeds = split_checkpoint(blob)
+    except ArtifactError as e:  # its messages name the entry; the file is named here
+        raise ArtifactError(f"{source}: {e}") from None
     if "fc.weight" not in state:
         raise ConfigError(f"{source} has no head (last_layer.weight): not a full NWS ResNet checkpoint")
     classes = state["fc.weight"].shape[0]

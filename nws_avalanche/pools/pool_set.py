@@ -17,10 +17,18 @@ import torch.nn as nn
 from ..common.errors import ArtifactError, ConfigError
 from ..method.layers import NWSConv2d, NWSLinear
 from ..method.nwsify import convertible_layers, head_names
+from ..common.schema import MAX_POOL_SIZE, Bool, Int, List, Map, Obj, Str, check
 from ..storage.container import pack_state, read_container, unpack_state, write_container
 from .kmeans import kmeans
 
 POOL_FORMAT = 1
+_DIM = Int(-1, 1 << 20)
+POOL_HEADER = Obj({
+    "arch": Str(), "tables": Map(lambda v, w: v),
+    "layers": List(Obj({"name": Str(max_len=1024), "shape": List(_DIM, min_len=4, max_len=4), "d": Int(1, 1 << 20),
+                        "group_size": Int(1, 1 << 20), "head": Bool()}, optional=frozenset({"head"})),
+                   min_len=1, max_len=1 << 14),
+})
 
 
 def layer_specs(model: nn.Module, include_head: bool = True,
@@ -83,7 +91,33 @@ class PoolSet:
         if header.get("format") != POOL_FORMAT:
             raise ArtifactError(f"{path}: pool format {header.get('format')} is not supported "
                                 f"(this version reads {POOL_FORMAT}); rebuild the pools")
-        return cls(header["arch"], header["layers"], unpack_state(header["tables"], blobs, "pool/"))
+        return cls.from_header(header, blobs, str(path))
+
+    @classmethod
+    def from_header(cls, header: dict, blobs: dict[str, bytes], source: str) -> "PoolSet":
+        """Check a pool file's header against ``POOL_HEADER`` and its tables against the layers it lists:
+        one ``[K, d]`` real, finite table per layer, ``2 <= K <= MAX_POOL_SIZE``, one K for all."""
+        fix = "rebuild the pools (nws-bench build-pools, or delete the cached file and rerun)"
+        header = check(header, POOL_HEADER, source, fix)
+        tables = unpack_state(header["tables"], blobs, "pool/", source=source, field="tables")
+        names = [s["name"] for s in header["layers"]]
+        if len(set(names)) != len(names) or set(names) != set(tables):
+            diff = sorted(set(names) ^ set(tables)) or ["(a layer listed twice)"]
+            raise ArtifactError(f"{source}: field tables does not match field layers (differ in {diff[0]!r}); {fix}")
+        Ks = set()
+        for spec in header["layers"]:
+            t = tables[spec["name"]]
+            if (t.dim() != 2 or not t.is_floating_point() or t.shape[1] != spec["d"]
+                    or not 2 <= t.shape[0] <= MAX_POOL_SIZE):
+                raise ArtifactError(f"{source}: table of layer {spec['name']!r} is {str(t.dtype)[6:]} "
+                                    f"{list(t.shape)}, expected a float [K, {spec['d']}] with 2 <= K <= "
+                                    f"{MAX_POOL_SIZE}; {fix}")
+            if not bool(torch.isfinite(t).all()):
+                raise ArtifactError(f"{source}: table of layer {spec['name']!r} holds NaN or Inf values; {fix}")
+            Ks.add(t.shape[0])
+        if len(Ks) > 1:
+            raise ArtifactError(f"{source}: tables of different sizes K {sorted(Ks)}; NWS needs one K; {fix}")
+        return cls(header["arch"], header["layers"], tables)
 
     @property
     def group_sizes(self) -> dict[str, int]:

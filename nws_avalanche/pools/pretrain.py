@@ -52,6 +52,7 @@ from torchvision import datasets
 
 from ..common.atomic import atomic_write, atomic_write_json
 from ..common.errors import ConfigError, DataError, NWSError
+from ..storage.torch_file import load_torch
 from ..config.tool_settings import PretrainConfig
 from ..method.grouping import group_sizes_for
 from ..method.layers import commitment_loss, nws_layers
@@ -248,9 +249,10 @@ def save_checkpoint(path: Path, blob: dict) -> None:
 def load_checkpoint(path: Path, cfg: PretrainConfig) -> dict | None:
     if not path.is_file():
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: checkpoint format {blob.get('format')} is not {CHECKPOINT_FORMAT}; "
+    blob = load_torch(path, "pretraining checkpoint", "delete it to start again, or use another --out",
+                      error=ConfigError)
+    if not isinstance(blob, dict) or not isinstance(blob.get("config"), dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a pretraining checkpoint of format {CHECKPOINT_FORMAT}; "
                           f"use another --out")
     want, have = cfg.resume_key(), blob["config"]
     diff = [k for k in want if have.get(k) != want[k]]

@@ -25,7 +25,11 @@ from ..common.errors import ArtifactError, ConfigError
 from ..common.feedback import Steps
 from ..method.grouping import group_sizes_for
 from ..nets.models import build_arch
+from ..common.untrusted import read_text
+from ..common.schema import Int, Map, Obj, check
 from ..storage.container import file_sha256, pack_state, read_container, unpack_state, write_container
+from ..storage.record import MAX_CLASSES
+from ..storage.torch_file import load_torch, state_dict_of
 from .hub import resolve_pretrained
 from .pool_set import PoolSet, build_pools_kmeans, layer_specs
 
@@ -62,7 +66,9 @@ def write_sha256_sidecar(path: Path) -> Path:
 def check_sha256_sidecar(path: Path) -> None:
     """If ``<file>.sha256`` exists (``pretrain-pools`` writes one), the file must match it."""
     side = Path(path).with_name(Path(path).name + ".sha256")
-    if side.is_file() and side.read_text().split()[:1] != [file_sha256(Path(path))]:
+    fix = f"rebuild it (nws-bench pretrain-pools) or delete {side}"
+    if side.is_file() and read_text(side, "checksum sidecar", fix, ArtifactError, 4096).split()[:1] != [
+            file_sha256(Path(path))]:
         raise ArtifactError(f"{path}: its sha256 differs from {side} (corrupted or replaced); rebuild it with "
                             f"the command that wrote it (nws-bench pretrain-pools), or delete {side.name} if "
                             f"the file was replaced on purpose")
@@ -71,12 +77,12 @@ def check_sha256_sidecar(path: Path) -> None:
 def load_torchvision_state(path: str, model: nn.Module) -> tuple[dict, int]:
     """Load a state_dict (torchvision naming) into ``model``'s architecture; returns (state, classes)."""
     p = Path(path)
+    fix = "give a torchvision-format state_dict file (torch.save(model.state_dict(), FILE))"
     if not p.is_file():
-        raise ConfigError(f"pretrained checkpoint {p} not found; give a torchvision-format state_dict file")
+        raise ConfigError(f"pretrained checkpoint {p} not found; {fix}")
     check_sha256_sidecar(p)
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    blob = load_torch(p, "pretrained checkpoint", fix, error=ConfigError, finite=True)
+    state = state_dict_of(blob, str(p), fix, error=ConfigError)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = adapt_torchvision_keys(state, model)
     state.pop("fc.bias", None)  # the paper's head has no bias
@@ -134,8 +140,10 @@ def save_cached_pretrained(path: Path, state: dict[str, torch.Tensor], classes: 
                                   "state": metas}, blobs)
 
 
-def load_cached_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """The cached pretrained network, its checksum checked (a flipped byte is refused, not used)."""
+def load_cached_pretrained(path: Path, arch: str | None = None, in_channels: int = 3
+                           ) -> tuple[dict[str, torch.Tensor], int]:
+    """The cached pretrained network, its checksum checked (a flipped byte is refused, not used); with
+    ``arch``, its entries must be exactly that architecture's (names, shapes, dtypes)."""
     fix = (f"delete {path} and rerun: the run rebuilds it (pretraining again, or from the random seed); "
            f"runs that finished with the old file keep their results")
     try:
@@ -144,7 +152,20 @@ def load_cached_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], int]:
         raise ArtifactError(f"{str(e).split('; re-create it')[0]}; {fix}") from None
     if header.get("kind") != "pretrained" or header.get("format") != PRETRAINED_FORMAT:
         raise ArtifactError(f"{path}: not a cached pretrained network of format {PRETRAINED_FORMAT}; {fix}")
-    return unpack_state(header["state"], blobs, "state/"), int(header["classes"])
+    header = check(header, Obj({"classes": Int(1, MAX_CLASSES), "state": Map(lambda v, w: v)}), str(path), fix)
+    state = unpack_state(header["state"], blobs, "state/", source=str(path))
+    head = state.get("fc.weight")
+    if head is None or head.dim() != 2 or head.shape[0] != header["classes"]:
+        raise ArtifactError(f"{path}: field classes ({header['classes']}) does not match its head "
+                            f"fc.weight {list(head.shape) if head is not None else '(missing)'}; {fix}")
+    if arch is not None:
+        own = build_arch(arch, header["classes"], in_channels).state_dict()
+        bad = sorted(set(own) ^ set(state)) or [k for k in own if own[k].shape != state[k].shape
+                                                 or own[k].dtype != state[k].dtype]
+        if bad:
+            raise ArtifactError(f"{path}: entry {bad[0]!r} does not fit {arch} (missing, extra, or another "
+                                f"shape or dtype); {fix}")
+    return state, header["classes"]
 
 
 def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: bool | None = None) -> Assets:
@@ -162,7 +183,7 @@ def prepare_assets(cfg, bench, cache_root: Path, need_pools: bool, progress: boo
             pre_key["bench_options"] = cfg.benchmark_options
         path = cache_root / f"pretrained-{_key({**pre_key, 'bench': bench.name})}.{PRETRAINED_SUFFIX}"
         if path.is_file():
-            state, classes = load_cached_pretrained(path)
+            state, classes = load_cached_pretrained(path, cfg.arch, bench.in_channels)
         else:
             if cfg.pretrained == "random":
                 torch.manual_seed(cfg.seed)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..common.atomic import atomic_write_bytes
+from ..storage.torch_file import check_tensors
 from ..common.errors import ArtifactError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -164,6 +165,10 @@ def load_checkpoint(run_dir: Path) -> dict | None:
         raise _refuse(path, f"not a readable checkpoint (truncated or not a torch file: {type(e).__name__}: {first})") from None
     if not isinstance(payload, dict):
         raise _refuse(path, "not a checkpoint (no mapping at its top)")
+    try:  # every tensor no larger than its storage in the file, of a real dtype (storage.torch_file)
+        check_tensors(payload, str(path), "", error=ArtifactError)
+    except ArtifactError as e:
+        raise _refuse(path, str(e).removeprefix(f"{path}: ").removesuffix("; ")) from None
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise _refuse(path, f"checkpoint format {payload.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
     for key, kind in REQUIRED.items():

@@ -14,15 +14,24 @@ saying what to delete. The finished tasks' records and files are never rewritten
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..common.atomic import atomic_write_json
 from ..common.errors import ArtifactError
+from ..common.schema import MAX_TASKS, AnyOf, Float, Int, List, Map, Name, Null, Obj, Str
+from ..common.untrusted import read_json
 from ..storage.container import file_sha256
 from .checkpoint import PROGRESS_KEYS, PROGRESS_NAME, Progress, restore
 
-POOLS_FILE = "pools.nwsp"  # copied from the benchmark's _assist cache when missing
+POOLS_FILE = "pools.nwsp"
+_ACC = AnyOf((Float(), Null()))
+PROGRESS_SCHEMA = Obj({
+    "num_tasks": Int(1, MAX_TASKS), "next_task": Int(0, MAX_TASKS),
+    "acc": List(List(_ACC, max_len=MAX_TASKS), max_len=MAX_TASKS),
+    "task_files": List(List(Name()), max_len=MAX_TASKS), "summaries": List(lambda v, w: v, max_len=MAX_TASKS),
+    "train_seconds": List(AnyOf((Float(), Null())), max_len=MAX_TASKS),
+    "digests": Map(Str(max_len=64), key=Name()),
+}, optional=frozenset({"digests"}))  # copied from the benchmark's _assist cache when missing
 
 
 def artifact_digests(art: Path, task_files: list[list[str]], assist: list[Path]) -> dict[str, str]:
@@ -38,12 +47,9 @@ def read_progress(rdir: Path, num_tasks: int) -> Progress | None:
     path = Path(rdir) / PROGRESS_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-        prog = Progress(**{k: data[k] for k in PROGRESS_KEYS}, digests=dict(data.get("digests", {})))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{path} is unreadable ({type(e).__name__}: {e}); rerun with --overwrite to "
-                            f"start the run again") from None
+    data = read_json(path, "progress record", "rerun with --overwrite to start the run again", PROGRESS_SCHEMA,
+                     error=ArtifactError)
+    prog = Progress(**{k: data[k] for k in PROGRESS_KEYS}, digests=dict(data.get("digests", {})))
     if prog.num_tasks != num_tasks:
         raise ArtifactError(f"{path} describes {prog.num_tasks} tasks, the run has {num_tasks}; "
                             f"rerun with --overwrite to start the run again")

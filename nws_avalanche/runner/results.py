@@ -5,6 +5,8 @@ import os
 import statistics
 from pathlib import Path
 
+from ..storage.run_files import RESULTS_SCHEMA, check_results_shape  # noqa: F401 - the runner's names for them
+
 MIB = float(1 << 20)
 RESULTS_FORMAT = 1
 

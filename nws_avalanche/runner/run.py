@@ -18,17 +18,18 @@ stops with exit code 2.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
 
 from benchmarks import build_benchmark, to_avalanche
 from ..common.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
 from ..common.errors import ArtifactError, ConfigError
+from ..common.interrupt import interrupted_message
+from ..common.schema import Map
+from ..common.untrusted import read_json, read_yaml
 from ..common.feedback import on_terminal, say
 from ..config.loggers import make_loggers
 from ..config.run_config import RunConfig, apply_cudnn, check_device
@@ -38,7 +39,7 @@ from ..strategies.task_incremental import accuracy_evaluator
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, seed_all, task_seed
 from .factory import build_strategy
 from .recovery import PROGRESS_NAME, artifact_digests, needs_rebuild, resume_point, write_progress
-from .results import build_results, memory_mib, paper_memory
+from .results import RESULTS_SCHEMA, check_results_shape, build_results, memory_mib, paper_memory
 from .runlock import run_folder_lock
 from .threads import environment, run_threads
 from .status_file import error_tail, read_status, write_status
@@ -99,7 +100,9 @@ def _check_folder(rdir: Path, cfg: RunConfig) -> None:
     if not path.is_file():
         return
     # a key added since that run was written counts as its default
-    old = {**RunConfig().to_dict(), **(yaml.safe_load(path.read_text()) or {})}
+    saved = read_yaml(path, "the run's saved config", "rerun with --overwrite to start that run again "
+                      "(or choose another --out)", Map(lambda v, w: v))
+    old = {**RunConfig().to_dict(), **(saved or {})}
     new = _identity(cfg.to_dict())
     if _identity(old) != new:
         diff = sorted(k for k in set(old) | set(new) if k not in LAUNCH_KEYS and old.get(k) != new.get(k))
@@ -186,8 +189,10 @@ def _run_locked(cfg, options, out, rdir, overwrite, progress, callbacks, sweep, 
         results = _train(cfg, options, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks,
                          sweep)
     except BaseException as e:
+        state = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        text = interrupted_message(e) if state == "interrupted" else error_tail(e)
         try:
-            write_status(rdir, "failed", (read_status(rdir) or {}).get("next_task", 0), T, error_tail(e))
+            write_status(rdir, state, (read_status(rdir) or {}).get("next_task", 0), T, text)
         except Exception:  # noqa: BLE001 - e.g. a full disk: the original error is the one to report
             pass
         raise
@@ -198,12 +203,10 @@ def _run_locked(cfg, options, out, rdir, overwrite, progress, callbacks, sweep, 
 
 
 def _read_results(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        fix = (f"delete it and rerun the same command: it is rebuilt from {PROGRESS_NAME}"
-               if (path.parent / PROGRESS_NAME).is_file() else "rerun with --overwrite to redo the run")
-        raise ArtifactError(f"{path} is unreadable (truncated or corrupted); {fix}") from None
+    fix = (f"delete it and rerun the same command: it is rebuilt from {PROGRESS_NAME}"
+           if (path.parent / PROGRESS_NAME).is_file() else "rerun with --overwrite to redo the run")
+    return check_results_shape(read_json(path, "results file", fix, RESULTS_SCHEMA, error=ArtifactError), str(path),
+                               fix, ArtifactError)
 
 
 def _train(cfg, options, bench, strategy_cls, assets, rdir, art, config_yaml, progress, callbacks, sweep) -> dict:

@@ -3,12 +3,16 @@
 The lock file sits beside the run folder (not in it) so that ``--overwrite`` deleting the folder
 does not delete a held lock. The kernel drops a ``flock`` when its process dies, however it dies,
 so a lock file left by a killed run is simply taken over. The holder writes its pid and host into
-the file, which is how a refused run names it. Released (and the file removed) on exit.
+the file, which is how a refused run names it. Released (and the file removed) on exit. The lock
+is opened with ``O_NOFOLLOW``: a symbolic link (or any non-regular file) in its place is refused by
+name and its target is never opened, truncated or written.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +27,11 @@ def lock_path(run_dir: Path) -> Path:
 
 def _holder(path: Path) -> str:
     try:
-        text = path.read_text().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            text = os.read(fd, 256).decode("utf-8", "replace").strip()
+        finally:
+            os.close(fd)
     except OSError:
         text = ""
     pid, _, host = text.partition(" ")
@@ -39,6 +47,11 @@ def _missing_dirs(folder: Path) -> list[Path]:
     return out
 
 
+def _not_a_lock(path: Path) -> ConfigError:
+    return ConfigError(f"lock file {path} is a symbolic link or not a regular file; it was left untouched and "
+                       f"nothing was written through it: remove it (rm {path}) and rerun")
+
+
 @contextmanager
 def run_folder_lock(run_dir: Path):
     """Hold ``run_dir``'s lock for the block; a second holder gets a ConfigError (exit 2). Folders
@@ -49,9 +62,17 @@ def run_folder_lock(run_dir: Path):
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            # O_NOFOLLOW: a symbolic link planted as the lock is refused, its target never truncated
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
         except FileNotFoundError:  # another run removed the empty folder meanwhile: make it again
             continue
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise _not_a_lock(path) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise _not_a_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

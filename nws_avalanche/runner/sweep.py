@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ..common.untrusted import parse_yaml
 
 from ..common.errors import ConfigError
 from ..config.run_config import FIELD_NAMES, RunConfig, build_config, parse_set
@@ -98,7 +98,7 @@ def expand_grid(configs: list[str], sets: list[str], methods: list[str], benchma
         for m in methods:
             mine = [(k, vs) for k, vs in axes if _applies_to(k, m)]
             for values in itertools.product(*[vs for _, vs in mine]):
-                point = {k: yaml.safe_load(v) for (k, _), v in zip(mine, values)}
+                point = {k: parse_yaml(v, f"sweep value {v[:40]!r}", "write the value plainly", text_on_syntax_error=True) for (k, _), v in zip(mine, values)}
                 extra = [f"{k}={v}" for (k, _), v in zip(mine, values)]
                 base = build_config(configs, list(sets) + extra, data_root=data_root, benchmark=b, method=m)
                 for s in seeds or [base.seed]:

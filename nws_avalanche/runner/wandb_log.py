@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..common.atomic import atomic_write_text
 from ..common.errors import ConfigError
+from ..common.untrusted import read_text
 
 MODES = ("online", "offline", "disabled")
 KNOWN_KEYS = {"mode", "project", "entity", "dir", "tags"}
@@ -59,7 +60,8 @@ class WandbRun:
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
             id_path = self.run_dir / ID_FILE
-            run_id = id_path.read_text().strip() if id_path.is_file() else None
+            run_id = read_text(id_path, "W&B run id", "delete it (a new run id is made)", limit=256).strip() \
+                if id_path.is_file() else None
             if run_id is None:
                 run_id = _new_id()
                 atomic_write_text(id_path, run_id + "\n")

@@ -24,10 +24,16 @@ import numpy as np
 import torch
 
 from ..common.errors import ArtifactError
-from .codecs import decode_ints, encode_ints
+from ..common.schema import MAX_CLASSES, MAX_INTS, MAX_TASKS, Int, List, Obj, Str, check  # noqa: F401 - re-exported
+from .codecs import CODECS, decode_ints, encode_ints
 from .container import pack_state, read_container, unpack_state, write_container
 
 RECORD_FORMAT = 1
+FIX = "re-create it (delete the file and rerun the command that wrote it)"
+# header pieces the methods' schemas (``read_record(..., schema=)``) are made of
+SHAPE = List(Int(0, 1 << 24), min_len=1, max_len=8)
+CLASSES = Int(1, MAX_CLASSES)
+TASK_HEADER = Obj({"arch": Str(), "num_classes": CLASSES})  # what every per-task model file declares
 STATE_PREFIX = "state/"
 LEGACY_CODEC = "bitpack"  # files written before the shared codec bit-packed their integers
 
@@ -84,12 +90,7 @@ class Record:
 
     def __init__(self, path: Path, header: dict, blobs: dict[str, bytes], state_prefix: str):
         self.path, self.header, self.blobs = path, header, blobs
-        try:
-            self.state = unpack_state(header.get("state", {}), blobs, state_prefix)
-        except KeyError as e:
-            raise ArtifactError(f"{path}: state entry {e.args[0]!r} is missing from the file") from None
-        except ValueError as e:
-            raise ArtifactError(f"{path}: a state entry does not match its declared shape: {e}") from None
+        self.state = unpack_state(header.get("state", {}), blobs, state_prefix, source=str(path))
 
     def _blob(self, name: str) -> bytes:
         if name not in self.blobs:
@@ -98,11 +99,24 @@ class Record:
         return self.blobs[name]
 
     def ints(self, name: str, n: int, alphabet: int) -> np.ndarray:
-        """``n`` int64 values of field ``name``, decoded with the record's codec."""
+        """``n`` int64 values of field ``name``, decoded with the record's codec; ``n`` and ``alphabet``
+        (often read from the header) are bounded first: at most ``MAX_INTS`` values are allocated."""
+        fix = "re-create it (delete the file and rerun the command that wrote it)"
+        check(n, Int(0, MAX_INTS), str(self.path), fix, where=f"{name} count")
+        check(alphabet, Int(1, 1 << 32), str(self.path), fix, where=f"{name} alphabet")
+        codec = self.header.get("codec", LEGACY_CODEC)
+        if not isinstance(codec, str) or codec not in CODECS.names():
+            raise ArtifactError(f"{self.path}: field codec {codec!r} is not one this version reads "
+                                f"({', '.join(sorted(CODECS.names()))}); {fix}")
         try:
-            return decode_ints(self._blob(name), n, alphabet, self.header.get("codec", LEGACY_CODEC))
-        except ValueError as e:
+            values = decode_ints(self._blob(name), n, alphabet, codec)
+        except (ValueError, IndexError, OverflowError) as e:
             raise ArtifactError(f"{self.path}: field {name!r} does not decode: {e}") from None
+        if values.size != n or (n and (int(values.min()) < 0 or int(values.max()) >= alphabet)):
+            bad = int(values.max()) if n and int(values.max()) >= alphabet else int(values.min()) if n else 0
+            raise ArtifactError(f"{self.path}: field {name!r} holds {values.size} values, one of them {bad}, "
+                                f"expected {n} values in [0, {alphabet}); {fix}")
+        return values
 
     def f32(self, name: str, n: int | None = None) -> np.ndarray:
         """Field ``name``'s float32 values (``n`` of them when given)."""
@@ -113,13 +127,16 @@ class Record:
         return np.frombuffer(data, dtype="<f4").copy()
 
 
-def read_record(path, kind: str, *, state_prefix: str = STATE_PREFIX) -> Record:
-    """Read and check a record written by ``write_record`` with this ``kind``."""
+def read_record(path, kind: str, *, state_prefix: str = STATE_PREFIX, schema=None) -> Record:
+    """Read and check a record written by ``write_record`` with this ``kind``; ``schema`` (``common.schema``):
+    what the method's header must hold, checked before the method uses any of it."""
     path = Path(path)
     header, blobs = read_container(path)
     if header.get("kind") != kind:
         raise ArtifactError(f"{path}: expected a {kind!r} file, found {header.get('kind')!r}")
     if header.get("format") != RECORD_FORMAT:
         raise ArtifactError(f"{path}: format {header.get('format')} unsupported (expected {RECORD_FORMAT})")
+    if schema is not None:
+        header = check(header, schema, str(path), FIX)
     return Record(path, header, blobs, state_prefix)
 
