@@ -99,6 +99,9 @@ MAX_PIXELS = 89_478_485  # PIL's own default bound (about 268 MB decoded as RGB)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
+_CONVERT_BLOCK = 1 << 20  # pixels converted at a time from a 16-bit or float image
+
+
 def _exact_rgb(im, path: str):
     """``im`` as 8-bit RGB without clipping: 16-bit and 32-bit integer images scaled from [0, 65535], float
     images from [0, 1]; values outside those ranges (their meaning unknown) are refused naming the file."""
@@ -114,12 +117,35 @@ def _exact_rgb(im, path: str):
             kind = "float" if im.mode == "F" else "integer"
             raise BadImage(f"a {kind} ({im.mode}) image with values outside [{lo_hi[0]}, {lo_hi[1]}], whose "
                            f"scale to 8 bits is unknown: convert it to 8-bit RGB")
-        if im.mode == "F":
-            out = np.rint(a.astype(np.float32) * np.float32(scale))
-        else:  # exact integer rounding of v * 255 / 65535, 4 bytes a pixel
-            out = (a.astype(np.uint32) * 255 + 32767) // 65535
-        return Image.fromarray(out.astype(np.uint8), "L").convert("RGB")
+        out = np.empty(a.shape, np.uint8)
+        rows = max(1, _CONVERT_BLOCK // max(1, a.shape[1] if a.ndim > 1 else 1))
+        for r in range(0, a.shape[0], rows):  # in blocks of rows: temporaries stay small at any image size
+            blk = a[r:r + rows]
+            if im.mode == "F":
+                out[r:r + rows] = np.rint(blk.astype(np.float32) * np.float32(scale))
+            else:  # exact integer rounding of v * 255 / 65535
+                out[r:r + rows] = (blk.astype(np.uint32) * 255 + 32767) // 65535
+        return Image.fromarray(out, "L").convert("RGB")
     return im.convert("RGB")
+
+
+def _check_png_chunks(path: str) -> None:
+    """Every PNG chunk's declared length fits in the file: Pillow reads a chunk in one piece, so a
+    damaged length (up to 4 GiB) would be an allocation the file's bytes cannot back."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        pos = 8  # the signature
+        while pos + 8 <= size:
+            f.seek(pos)
+            length, kind = struct.unpack(">I4s", f.read(8))
+            if pos + 12 + length > size:
+                raise BadImage(f"its PNG chunk {kind!r} at byte {pos} declares {length} bytes, more than the "
+                               f"file holds ({size} bytes): the file is damaged")
+            if kind == b"IEND":
+                return
+            pos += 12 + length
 
 
 def _open_checked(path: str):
@@ -127,6 +153,12 @@ def _open_checked(path: str):
     from PIL import Image
 
     im = Image.open(path)
+    if im.format == "PNG":
+        try:
+            _check_png_chunks(path)
+        except BadImage:
+            im.close()
+            raise
     w, h = im.size
     if w * h > MAX_PIXELS:
         im.close()

@@ -500,3 +500,22 @@ def test_data_generate_into_a_file(tmp_path, capsys):
 def test_data_check_split_digits(capsys):
     assert cli(["data", "check", "--benchmark", "split-digits"]) == 0
     assert capsys.readouterr().out.strip().endswith("OK")
+
+
+def test_png_chunk_longer_than_its_file_is_refused_before_pillow_reads_it(tmp_path):
+    # found by the image fuzzer: one flipped byte in a chunk length made Pillow read (allocate) ~4 GiB
+    import struct
+
+    from PIL import Image
+
+    from benchmarks.imagefolder import open_rgb
+
+    Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 257).save(tmp_path / "ok.png")
+    data = bytearray((tmp_path / "ok.png").read_bytes())
+    pos = data.index(b"IDAT") - 4
+    data[pos:pos + 4] = struct.pack(">I", 0xFFFFFFF0)
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="IDAT.*more than the file holds") as e:
+        open_rgb(str(tmp_path / "bad.png"))
+    assert "\n" not in str(e.value)
+    assert np.asarray(open_rgb(str(tmp_path / "ok.png"))).shape == (16, 16, 3)
