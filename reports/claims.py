@@ -40,17 +40,6 @@ class Claim:
     holds: bool
 
 
-def grid(benchmark: str, seeds: list[int], configs=(), sets=()):
-    """The RunSpecs of every variant and seed (resolved and checked by ``expand_grid``)."""
-    from nws_avalanche.runner.sweep import expand_grid
-
-    specs = []
-    for method, point in VARIANTS.values():
-        sweeps = [f"{k}={v}" for k, v in point.items()]
-        specs += expand_grid(list(configs), list(sets), [method], [benchmark], seeds, sweeps)
-    return specs
-
-
 def pick(results: list[dict], benchmark: str, seeds: list[int]) -> dict[str, list[dict]]:
     """results.json dicts of each variant (one per seed), ordered by seed."""
     out: dict[str, list[dict]] = {}

@@ -3,13 +3,16 @@ table against a fresh run of the configuration it quotes (bit-identical on the s
 thread setting and torch version; elsewhere the comparison is skipped, saying why)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from nws_avalanche.common.errors import NWSError
 from reports.load import load_results
-from reports.readme import block, environment_line, main, read_block, replace_block
+from nws_avalanche.cli.readme import preset_sets
+from reports.readme import block, environment_line, read_block, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "reduced-quickstart"
@@ -30,7 +33,7 @@ def test_readme_table_equals_a_fresh_run(tiny_runs, tmp_path):
     results = load_results([out])
     quoted = read_block((ROOT / "README.md").read_text(), NAME)
     assert quoted is not None, f"README.md lost its generated:{NAME} block"
-    fresh = block(results)
+    fresh = block(results, preset_sets)
     here = environment_line(results)
     if here not in quoted:  # another CPU kind / thread setting / torch: bytes are not guaranteed
         pytest.skip(f"README's {NAME} table was generated in another environment than this one ({here})")
@@ -40,6 +43,8 @@ def test_readme_table_equals_a_fresh_run(tiny_runs, tmp_path):
     # the command line way: --check agrees, and a write reproduces the README byte for byte
     copy = tmp_path / "README.md"
     copy.write_text((ROOT / "README.md").read_text())
-    assert main([str(out), "--name", NAME, "--readme", str(copy), "--check"]) == 0
-    assert main([str(out), "--name", NAME, "--readme", str(copy)]) == 0
+    for extra in (["--check"], []):
+        rc = subprocess.run([sys.executable, "-m", "nws_avalanche", "readme", str(out), "--name", NAME,
+                             "--readme", str(copy), *extra], cwd=ROOT, capture_output=True, text=True)
+        assert rc.returncode == 0, rc.stderr
     assert copy.read_text() == (ROOT / "README.md").read_text()

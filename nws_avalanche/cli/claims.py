@@ -18,8 +18,21 @@ def add_arguments(p):
                    help="also write the output between the claims markers of FILE (default README.md)")
 
 
+def grid(benchmark: str, seeds: list[int], configs=(), sets=()):
+    """The RunSpecs of every claims variant and seed (resolved and checked by ``expand_grid``)."""
+    from reports.claims import VARIANTS
+
+    from ..runner.sweep import expand_grid
+
+    specs = []
+    for method, point in VARIANTS.values():
+        sweeps = [f"{k}={v}" for k, v in point.items()]
+        specs += expand_grid(list(configs), list(sets), [method], [benchmark], seeds, sweeps)
+    return specs
+
+
 def main(args):
-    from reports.claims import check, grid, pick, render, settings_text, write_readme
+    from reports.claims import check, pick, render, settings_text, write_readme
     from reports.load import load_results
 
     from ..common.errors import ConfigError

@@ -36,8 +36,6 @@ def main(args):
     from ..pools.pretrain import pretrain
 
     if cfg.benchmark:
-        from ..pools.pretrain import benchmark_source
-
         summary = pretrain(cfg, benchmark_source(cfg.benchmark, cfg.benchmark_options, cfg.seed))
     else:
         summary = pretrain(cfg)
@@ -52,3 +50,19 @@ def main(args):
 
 command("pretrain-pools", "pretrain kernel pools (EMA vector quantisation) on an image folder or a benchmark's pretraining split; torchrun-able")(
     (add_arguments, main))
+
+
+def benchmark_source(name: str, options: dict, seed: int):
+    """A registered benchmark's pretraining split (never a task image), exactly as a run of that
+    benchmark with this seed and these options pretrains on."""
+    from benchmarks import build_benchmark
+
+    from ..common.errors import ConfigError
+    from ..config.run_config import build_config
+    from ..pools.pretrain import Source
+
+    bench = build_benchmark(build_config([], [], benchmark=name, seed=seed, benchmark_options=options or None))
+    if bench.pretrain is None:
+        raise ConfigError(f"benchmark {name!r} has no pretraining split; give an image folder with --data DIR")
+    return Source(bench.pretrain, [str(c) for c in range(bench.pretrain_classes)], bench.in_channels,
+                  f"benchmark {name}")

@@ -12,7 +12,7 @@ from ..method.search import nearest
 from ..nets.models import build_arch
 from .hub import resolve_pretrained
 from .pool_set import PoolSet, build_pools_kmeans, layer_vectors
-from .pretrained import load_torchvision_state
+from .torchvision_state import load_torchvision_state
 
 
 def model_from_checkpoint(path: str, arch: str, in_channels: int = 3) -> torch.nn.Module:

@@ -60,8 +60,7 @@ from ..method.nwsify import nwsify
 from ..nets.models import build_arch
 from .kmeans import kmeans
 from .pool_set import PoolSet, layer_specs, layer_vectors
-from .pretrained import load_torchvision_state
-from .pretrained import write_sha256_sidecar
+from .torchvision_state import load_torchvision_state, write_sha256_sidecar
 from .vq_ema import EMAConfig, PoolEMA
 
 CHECKPOINT_FORMAT = 1
@@ -123,20 +122,6 @@ class Source:
 def folder_source(cfg: PretrainConfig) -> Source:
     ds = image_folder(cfg)
     return Source(ds, list(ds.classes), 3, str(cfg.data))
-
-
-def benchmark_source(name: str, options: dict, seed: int) -> Source:
-    """A registered benchmark's pretraining split (never a task image), exactly as a run of that
-    benchmark with this seed and these options pretrains on."""
-    from benchmarks import build_benchmark
-
-    from ..config.run_config import build_config
-
-    bench = build_benchmark(build_config([], [], benchmark=name, seed=seed, benchmark_options=options or None))
-    if bench.pretrain is None:
-        raise ConfigError(f"benchmark {name!r} has no pretraining split; give an image folder with --data DIR")
-    return Source(bench.pretrain, [str(c) for c in range(bench.pretrain_classes)], bench.in_channels,
-                  f"benchmark {name}")
 
 
 # -- distributed set-up -----------------------------------------------------------------------
