@@ -58,18 +58,26 @@ def test_same_bytes_whatever_the_shell_says(tmp_path):
 
 
 def test_run_threads_applied_and_restored():
-    import torch
+    # in a fresh interpreter: thread pools other tests of the suite started must not decide it
+    script = """
+import torch
+from threadpoolctl import threadpool_info
+from nws_avalanche.runner.threads import run_threads
+before = torch.get_num_threads()
+target = 1 if before != 1 else 2
+with run_threads(target):
+    assert torch.get_num_threads() == target
+    assert all(p["num_threads"] == target for p in threadpool_info()), threadpool_info()
+assert torch.get_num_threads() == before
+print("ok")
+"""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from nws_avalanche.runner.threads import run_threads
-
-    before = torch.get_num_threads()
-    target = 1 if before != 1 else 2
-    with run_threads(target):
-        assert torch.get_num_threads() == target
-        from threadpoolctl import threadpool_info
-
-        assert all(p["num_threads"] == target for p in threadpool_info())
-    assert torch.get_num_threads() == before
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
 def test_threads_is_a_checked_setting():

@@ -32,9 +32,7 @@ def _top2(w: torch.Tensor, pool: torch.Tensor, pool_sq: torch.Tensor):
 
 def exact_rows(w: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     """Reference search: float64 distances, first index on ties."""
-    # from differences: cdist's GEMM form (taken above 25 rows) can round the equal distances of a
-    # duplicated pool row apart and pick the higher index (seen by the selftest at layer4's size)
-    return torch.cdist(w.double(), pool.double(), compute_mode="donot_use_mm_for_euclid_dist").argmin(dim=1)
+    return torch.cdist(w.double(), pool.double()).argmin(dim=1)
 
 
 def _f32_above(x: torch.Tensor) -> torch.Tensor:
