@@ -203,19 +203,35 @@ def _child_search(conn):
 
 
 def test_kernels_survive_fork(kernel_path):
-    """DataLoader workers fork: a child of a process that ran the (two-thread) kernels runs them too."""
-    import multiprocessing as mp
-    torch.set_num_threads(2)  # big passes run on the helper thread before the fork
-    a = torch.randn(3_000_000)
-    cpu_loops.ste_forward(a, a)
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe()
-    p = ctx.Process(target=_child_search, args=(child,))
-    p.start()
-    assert parent.poll(120), "the forked child hung"
-    assert parent.recv() is True
-    p.join(30)
-    assert p.exitcode == 0
+    """DataLoader workers fork: a child of a process that ran the (two-thread) kernels runs them too.
+    The parent is a fresh interpreter: in the suite's own process, state left by earlier tests (seen
+    after tests/test_device.py) made the forked child hang, which this test is not about."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import multiprocessing as mp, sys, torch
+from nws_avalanche.method import cpu_loops
+from tests.test_search_fast import _child_search
+cpu_loops.set_enabled(sys.argv[1] == "numba")
+torch.set_num_threads(2)  # big passes run on the helper thread before the fork
+a = torch.randn(3_000_000)
+cpu_loops.ste_forward(a, a)
+ctx = mp.get_context("fork")
+parent, child = ctx.Pipe()
+p = ctx.Process(target=_child_search, args=(child,))
+p.start()
+assert parent.poll(120), "the forked child hung"
+assert parent.recv() is True
+p.join(30)
+assert p.exitcode == 0
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", script, kernel_path], cwd=root, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
 
 
 def test_pools_too_large_for_a_distance_table_stay_exact(monkeypatch):
